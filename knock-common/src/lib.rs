@@ -1,0 +1,329 @@
+//! Types shared by the XDP program and userspace: map keys and values, the per-sequence
+//! configuration and the events. Every type is `#[repr(C)]` with explicit padding, so
+//! both sides agree byte for byte; the size assertions below catch any drift.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Sequences the kernel tracks at once (one bit each in [`PortRule`] masks).
+pub const MAX_SEQUENCES: usize = 8;
+/// Knocks in one sequence.
+pub const MAX_KNOCKS: usize = 16;
+/// Protected ports of one sequence.
+pub const MAX_PROTECTED: usize = 16;
+/// Bytes of a sequence name kept in the kernel (for `status` and `allow`).
+pub const NAME_LEN: usize = 32;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Entries of the port-rule array: one per (protocol, port) for TCP and UDP.
+pub const PORT_RULE_ENTRIES: u32 = 2 * 65536;
+
+/// Index of (protocol, port) in the port-rule array; `None` for other protocols.
+#[inline(always)]
+pub fn port_rule_index(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        PROTO_TCP => Some(port as u32),
+        PROTO_UDP => Some(65536 + port as u32),
+        _ => None,
+    }
+}
+
+// TCP flag bits as they sit in byte 13 of the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
+
+/// One knock or protected port: a port and its IP protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortProto {
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`]; 0 marks an unused slot.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl PortProto {
+    pub const fn new(port: u16, proto: u8) -> Self {
+        Self { port, proto, _pad: 0 }
+    }
+}
+
+/// `SequenceConfig::flags`: any other SYN or datagram from the source resets progress.
+pub const SEQ_STRICT: u8 = 1;
+/// `SequenceConfig::flags`: connections opened while authorized outlive the window.
+pub const SEQ_KEEP_ESTABLISHED: u8 = 2;
+
+/// One configured sequence, as the kernel sees it. Written by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct SequenceConfig {
+    /// Longest gap between two consecutive knocks.
+    pub step_timeout_ns: u64,
+    /// Longest time from the first knock to the last.
+    pub sequence_timeout_ns: u64,
+    /// How long a completed sequence authorizes its source.
+    pub open_for_ns: u64,
+    /// How long a kept connection may stay silent before it is forgotten.
+    pub idle_timeout_ns: u64,
+    pub knocks: [PortProto; MAX_KNOCKS],
+    pub protect: [PortProto; MAX_PROTECTED],
+    pub n_knocks: u8,
+    pub n_protect: u8,
+    /// `SEQ_*` bits.
+    pub flags: u8,
+    /// TCP flags that must be set for a TCP knock to count.
+    pub tcp_flags_set: u8,
+    /// TCP flags that must be clear for a TCP knock to count.
+    pub tcp_flags_clear: u8,
+    pub _pad: [u8; 3],
+    /// NUL-padded UTF-8 name; the kernel never reads it.
+    pub name: [u8; NAME_LEN],
+}
+
+/// What the kernel needs to know about one (protocol, port): which sequences use it
+/// as a knock and which protect it. Zero for every port nobody configured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortRule {
+    /// Bit `s` set: the port is a knock of sequence `s`.
+    pub knock_mask: u8,
+    /// Bit `s` set: sequence `s` protects the port.
+    pub protect_mask: u8,
+}
+
+/// Global settings, entry 0 of the settings array. Written by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Settings {
+    /// Added to the kernel's monotonic clock. Zero in service; tests move time with it.
+    pub clock_offset_ns: u64,
+    /// Bit `s` set: sequence `s` is strict.
+    pub strict_mask: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A source address and a sequence index: the key of progress and authorizations.
+/// IPv4 sources are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub seq: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A source's progress through one sequence. Written by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Progress {
+    /// When the first knock arrived (kernel clock, ns).
+    pub first_ns: u64,
+    /// When the latest accepted knock arrived.
+    pub last_ns: u64,
+    /// Knocks accepted so far (1..n-1; a completed sequence leaves the map).
+    pub step: u8,
+    pub _pad: [u8; 7],
+}
+
+/// An authorization. Written by the kernel on a completed sequence, by `allow`, and
+/// removed by `revoke` or by `run` when it expires.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Authorization {
+    /// New connections pass until this time (kernel clock, ns).
+    pub expires_ns: u64,
+    /// When it was granted.
+    pub opened_ns: u64,
+}
+
+/// A connection to a protected port opened while its source was authorized.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// When a kept connection was last seen, and how long it may stay silent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Flow {
+    pub last_ns: u64,
+    pub idle_timeout_ns: u64,
+}
+
+/// Kinds of [`Event`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A step accepted: `step` of `of`.
+    Knock = 1,
+    /// Progress lost; `reason` says why.
+    Reset = 2,
+    /// The source completed the sequence and is authorized.
+    Open = 3,
+    /// An authorization ended (sent by userspace, never by the kernel).
+    Close = 4,
+    /// A completed sequence could not be authorized: the authorization map is full.
+    OpenFailed = 5,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Knock,
+            2 => Self::Reset,
+            3 => Self::Open,
+            4 => Self::Close,
+            5 => Self::OpenFailed,
+            _ => return None,
+        })
+    }
+}
+
+/// Why progress was reset ([`Event::reason`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    None = 0,
+    /// A knock of the sequence out of order.
+    Wrong = 1,
+    /// `step_timeout` or `sequence_timeout` passed.
+    Timeout = 2,
+    /// Another SYN or datagram while the sequence is strict.
+    Strict = 3,
+}
+
+/// One record in the events ring buffer. Written by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Event {
+    /// Kernel clock, ns (without the settings' clock offset).
+    pub ts_ns: u64,
+    pub addr: [u8; 16],
+    /// An [`EventKind`].
+    pub kind: u8,
+    pub seq: u8,
+    /// Steps accepted after this packet.
+    pub step: u8,
+    /// Knocks in the sequence.
+    pub of: u8,
+    /// A [`ResetReason`].
+    pub reason: u8,
+    /// The packet's protocol and destination port.
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// Verdict and event counters: indexes of the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Not TCP or UDP over IP, or to a port nobody configured.
+    PassOther = 0,
+    /// To a protected port from an authorized source.
+    PassAuthorized = 1,
+    /// To a protected port on a connection kept from an earlier authorization.
+    PassEstablished = 2,
+    /// A non-first fragment (its first fragment carried the verdict).
+    PassFragment = 3,
+    /// To a knock port (every packet there is dropped).
+    DropKnock = 4,
+    /// To a protected port, not authorized.
+    DropProtected = 5,
+    /// Headers that could not be followed safely.
+    DropUnparsed = 6,
+    /// A fragment that could rewrite the L4 header of its first fragment (RFC 1858).
+    DropFragment = 7,
+    /// Events the ring buffer had no room for.
+    EventsLost = 8,
+    /// Completed sequences that found the authorization map full.
+    AuthFull = 9,
+}
+
+pub const COUNTERS: u32 = 10;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::PassOther,
+        Counter::PassAuthorized,
+        Counter::PassEstablished,
+        Counter::PassFragment,
+        Counter::DropKnock,
+        Counter::DropProtected,
+        Counter::DropUnparsed,
+        Counter::DropFragment,
+        Counter::EventsLost,
+        Counter::AuthFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PassOther => "pass_other",
+            Counter::PassAuthorized => "pass_authorized",
+            Counter::PassEstablished => "pass_established",
+            Counter::PassFragment => "pass_fragment",
+            Counter::DropKnock => "drop_knock",
+            Counter::DropProtected => "drop_protected",
+            Counter::DropUnparsed => "drop_unparsed",
+            Counter::DropFragment => "drop_fragment",
+            Counter::EventsLost => "events_lost",
+            Counter::AuthFull => "auth_full",
+        }
+    }
+}
+
+/// Pinned map names: `bpftool map dump pinned PIN_DIR/<name>` shows each.
+pub mod map_names {
+    pub const SEQUENCES: &str = "XK_SEQUENCES";
+    pub const PORT_RULES: &str = "XK_PORT_RULES";
+    pub const SETTINGS: &str = "XK_SETTINGS";
+    pub const PROGRESS: &str = "XK_PROGRESS";
+    pub const AUTHORIZED: &str = "XK_AUTHORIZED";
+    pub const FLOWS: &str = "XK_FLOWS";
+    pub const COUNTERS: &str = "XK_COUNTERS";
+    pub const EVENTS: &str = "XK_EVENTS";
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<PortProto>() == 4);
+    assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN);
+    assert!(size_of::<PortRule>() == 2);
+    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<SourceKey>() == 20);
+    assert!(size_of::<Progress>() == 24);
+    assert!(size_of::<Authorization>() == 16);
+    assert!(size_of::<FlowKey>() == 24);
+    assert!(size_of::<Flow>() == 16);
+    assert!(size_of::<Event>() == 32);
+    assert!(MAX_SEQUENCES <= 8, "sequence masks are u8");
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain data with no padding the compiler adds
+    // (bytemuck's Pod derive checks that) and every bit pattern is valid.
+    unsafe impl aya::Pod for PortProto {}
+    unsafe impl aya::Pod for SequenceConfig {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for Progress {}
+    unsafe impl aya::Pod for Authorization {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Event {}
+}

@@ -1,0 +1,175 @@
+//! xknock's XDP program: parse → classify → decide. Knock packets advance per-source
+//! progress and are dropped; packets to protected ports pass only for authorized
+//! sources (or on connections they opened while authorized); the rest passes.
+#![no_std]
+#![no_main]
+
+mod knock;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use knock_common::{
+    Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_UDP, PortRule, SEQ_KEEP_ESTABLISHED,
+    Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
+};
+use maps::{XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES, XK_SETTINGS};
+use parse::{Packet, Parsed};
+
+/// A kept connection's last-seen time is refreshed at most this often, so that a busy
+/// connection does not write the map on every packet.
+const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+#[xdp]
+pub fn xknock(ctx: XdpContext) -> u32 {
+    let (action, counter) = match parse::parse(&ctx) {
+        Ok(Parsed::Other) => (XDP_PASS, Counter::PassOther),
+        Ok(Parsed::LaterFragment) => (XDP_PASS, Counter::PassFragment),
+        Ok(Parsed::OverlappingFragment) => (XDP_DROP, Counter::DropFragment),
+        Ok(Parsed::Transport(packet)) => decide(&ctx, &packet),
+        Err(parse::Unparsed) => (XDP_DROP, Counter::DropUnparsed),
+    };
+    count(counter);
+    action
+}
+
+/// A packet that may open something: a UDP datagram or a TCP SYN without ACK.
+#[inline(always)]
+fn opens_connection(packet: &Packet) -> bool {
+    packet.proto == PROTO_UDP || packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, packet: &Packet) -> (u32, Counter) {
+    let rule = port_rule_index(packet.proto, packet.dst_port)
+        .and_then(|index| XK_PORT_RULES.get(index))
+        .copied()
+        .unwrap_or_default();
+    let opens = opens_connection(packet);
+    if rule == PortRule::default() && !opens {
+        return (XDP_PASS, Counter::PassOther);
+    }
+    let settings = XK_SETTINGS.get(0).copied().unwrap_or_default();
+    // Strict sequences see every SYN and datagram from a source they track.
+    let strict_mask = if opens { settings.strict_mask } else { 0 };
+    if rule == PortRule::default() && strict_mask == 0 {
+        return (XDP_PASS, Counter::PassOther);
+    }
+    let now = now_ns(&settings);
+    knock::track(ctx, packet, rule.knock_mask, strict_mask, now);
+    if rule.knock_mask != 0 {
+        (XDP_DROP, Counter::DropKnock)
+    } else if rule.protect_mask != 0 {
+        guard(packet, rule.protect_mask, now)
+    } else {
+        (XDP_PASS, Counter::PassOther)
+    }
+}
+
+/// The verdict for a packet to a protected port.
+#[inline(always)]
+fn guard(packet: &Packet, protect_mask: u8, now: u64) -> (u32, Counter) {
+    let flow_key = FlowKey {
+        addr: packet.src,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        proto: packet.proto,
+        _pad: [0; 3],
+    };
+    // A TCP SYN is a new connection and needs an authorization; anything else may
+    // belong to a connection opened while the source was authorized.
+    let is_syn = packet.proto != PROTO_UDP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !is_syn && let Some(flow) = XK_FLOWS.get_ptr_mut(&flow_key) {
+        // SAFETY: the pointer is to a map value; concurrent refreshes only race on
+        // which of two current times is stored.
+        let flow = unsafe { &mut *flow };
+        let idle = now.saturating_sub(flow.last_ns);
+        if idle <= flow.idle_timeout_ns {
+            if idle > FLOW_REFRESH_NS {
+                flow.last_ns = now;
+            }
+            return (XDP_PASS, Counter::PassEstablished);
+        }
+    }
+    for seq in 0..MAX_SEQUENCES as u8 {
+        if protect_mask & (1 << seq) == 0 {
+            continue;
+        }
+        let key = SourceKey {
+            addr: packet.src,
+            seq,
+            _pad: [0; 3],
+        };
+        // SAFETY: the value is copied out at once.
+        let Some(auth) = (unsafe { XK_AUTHORIZED.get(&key) }).copied() else {
+            continue;
+        };
+        if now >= auth.expires_ns {
+            continue;
+        }
+        if let Some(config) = XK_SEQUENCES.get(seq as u32)
+            && config.flags & SEQ_KEEP_ESTABLISHED != 0
+        {
+            let flow = Flow {
+                last_ns: now,
+                idle_timeout_ns: config.idle_timeout_ns,
+            };
+            // A full LRU evicts the oldest kept connection; nothing to handle.
+            let _ = XK_FLOWS.insert(&flow_key, &flow, 0);
+        }
+        return (XDP_PASS, Counter::PassAuthorized);
+    }
+    (XDP_DROP, Counter::DropProtected)
+}
+
+/// The policy clock: the kernel's monotonic clock plus the settings' offset.
+#[inline(always)]
+fn now_ns(settings: &Settings) -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }.wrapping_add(settings.clock_offset_ns)
+}
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(value) = XK_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while we do.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn emit(event: &Event) {
+    if XK_EVENTS.output(event, 0).is_err() {
+        count(Counter::EventsLost);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn event(kind: EventKind, key: &SourceKey, packet: &Packet, now: u64) -> Event {
+    Event {
+        ts_ns: now,
+        addr: key.addr,
+        kind: kind as u8,
+        seq: key.seq,
+        step: 0,
+        of: 0,
+        reason: 0,
+        proto: packet.proto,
+        port: packet.dst_port,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

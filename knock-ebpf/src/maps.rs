@@ -1,0 +1,49 @@
+//! Every map of the program, pinned by name under the loader's pin directory. Sizes
+//! here are defaults: the loader may resize the tracking maps before loading.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use knock_common::{
+    Authorization, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES, PortRule, Progress,
+    SequenceConfig, Settings, SourceKey,
+};
+
+/// The configured sequences, by index. Written by the loader; read per knock.
+#[btf_map(pin_by_name)]
+pub static XK_SEQUENCES: Array<SequenceConfig, MAX_SEQUENCES> = Array::new();
+
+/// Which sequences knock on or protect each (protocol, port). Written by the loader;
+/// the one lookup every TCP and UDP packet pays.
+#[btf_map(pin_by_name)]
+pub static XK_PORT_RULES: Array<PortRule, { PORT_RULE_ENTRIES as usize }> = Array::new();
+
+/// Global settings in entry 0 (strict mask, clock offset). Written by the loader.
+#[btf_map(pin_by_name)]
+pub static XK_SETTINGS: Array<Settings, 1> = Array::new();
+
+/// Knock progress per (source, sequence). Written by the kernel; LRU, so a flood of
+/// half-finished knocks evicts the oldest progress and nothing else.
+#[btf_map(pin_by_name)]
+pub static XK_PROGRESS: LruHashMap<SourceKey, Progress, 65536> = LruHashMap::new();
+
+/// Authorizations per (source, sequence). Written by the kernel on a completed
+/// sequence and by `xknock allow`; removed by `revoke` and by `run` on expiry. A plain
+/// hash, so knock floods cannot evict it.
+#[btf_map(pin_by_name)]
+pub static XK_AUTHORIZED: HashMap<SourceKey, Authorization, 16384> = HashMap::new();
+
+/// Connections to protected ports opened while authorized, kept past the window.
+/// Written by the kernel; LRU, entries also age out by their idle timeout.
+#[btf_map(pin_by_name)]
+pub static XK_FLOWS: LruHashMap<FlowKey, Flow, 65536> = LruHashMap::new();
+
+/// Per-CPU count of every verdict and lost event, indexed by `Counter`. Written by
+/// the kernel; summed by `status`.
+#[btf_map(pin_by_name)]
+pub static XK_COUNTERS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
+
+/// Knock, reset, open and open-failed events for `xknock run`. Written by the kernel.
+#[btf_map(pin_by_name)]
+pub static XK_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();

@@ -1,0 +1,243 @@
+//! Packet parsing: Ethernet and VLAN tags, IPv4 (with options) or IPv6 (with extension
+//! headers), then the TCP or UDP header. Every read is bounds-checked against the
+//! frame and against the IP header's own length fields; whatever cannot be followed
+//! safely is an `Err`, which the caller drops.
+
+use aya_ebpf::programs::XdpContext;
+use knock_common::{PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+/// VLAN tags followed (802.1Q inside 802.1ad); a deeper stack is refused.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers followed before the chain is refused.
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// A TCP or UDP packet with everything the policy looks at.
+pub struct Packet {
+    /// IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// Byte 13 of the TCP header; 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+pub enum Parsed {
+    /// Not IP, or IP carrying neither TCP nor UDP.
+    Other,
+    /// A fragment past the first: its first fragment carried the L4 header and verdict.
+    LaterFragment,
+    /// A fragment at offset 1 (8 bytes), which could rewrite the TCP flags of its
+    /// first fragment during reassembly (RFC 1858).
+    OverlappingFragment,
+    Transport(Packet),
+}
+
+/// Parse error: the headers could not be followed safely.
+pub struct Unparsed;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Unparsed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(Unparsed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Unparsed> {
+    let (ether_type, offset) = parse_ethernet(ctx)?;
+    match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, offset),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        _ => Ok(Parsed::Other),
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    matches!(ether_type, 0x8100 | 0x88a8 | 0x9100)
+}
+
+/// Returns the EtherType after any VLAN tags, and the offset of the L3 header.
+#[inline(always)]
+fn parse_ethernet(ctx: &XdpContext) -> Result<(u16, usize), Unparsed> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked that the header lies inside the frame.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            return Ok((ether_type, offset));
+        }
+        let vlan: *const VlanHdr = ptr_at(ctx, offset)?;
+        // SAFETY: as above.
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        offset += VlanHdr::LEN;
+    }
+    if is_vlan(ether_type) {
+        return Err(Unparsed);
+    }
+    Ok((ether_type, offset))
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the fixed header lies inside the frame.
+    let (vihl, tot_len, frags, proto, saddr) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).tot_len) as usize,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).proto,
+            (*ip).src_addr,
+        )
+    };
+    let header_len = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || tot_len < header_len {
+        return Err(Unparsed);
+    }
+    let [a, b, c, d] = saddr;
+    let src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+    let fragment_offset = frags & 0x1fff;
+    parse_transport(
+        ctx,
+        offset + header_len,
+        tot_len - header_len,
+        proto,
+        fragment_offset,
+        src,
+    )
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the fixed header lies inside the frame.
+    let (version, mut remaining, mut next, src) = unsafe {
+        (
+            (*ip).vcf[0] >> 4,
+            u16::from_be_bytes((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+            (*ip).src_addr,
+        )
+    };
+    if version != 6 {
+        return Err(Unparsed);
+    }
+    let mut offset = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let len = match next {
+            // Hop-by-hop, routing, destination options, mobility, HIP, shim6:
+            // length in 8-octet units, not counting the first.
+            0 | 43 | 60 | 135 | 139 | 140 => {
+                let h: *const [u8; 2] = ptr_at(ctx, offset)?;
+                // SAFETY: ptr_at checked the two bytes.
+                let h = unsafe { *h };
+                next = h[0];
+                (h[1] as usize + 1) * 8
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let h: *const [u8; 2] = ptr_at(ctx, offset)?;
+                // SAFETY: ptr_at checked the two bytes.
+                let h = unsafe { *h };
+                next = h[0];
+                (h[1] as usize + 2) * 4
+            }
+            44 => {
+                let h: *const [u8; 8] = ptr_at(ctx, offset)?;
+                // SAFETY: ptr_at checked the eight bytes.
+                let h = unsafe { *h };
+                let fragment_offset = u16::from_be_bytes([h[2], h[3]]) >> 3;
+                if fragment_offset != 0 {
+                    // The rest of the chain is in the first fragment.
+                    return Ok(later_fragment(fragment_offset));
+                }
+                next = h[0];
+                8
+            }
+            proto => return parse_transport(ctx, offset, remaining, proto, 0, src),
+        };
+        if len > remaining {
+            return Err(Unparsed);
+        }
+        remaining -= len;
+        offset += len;
+    }
+    Err(Unparsed)
+}
+
+#[inline(always)]
+fn later_fragment(fragment_offset: u16) -> Parsed {
+    if fragment_offset == 1 {
+        Parsed::OverlappingFragment
+    } else {
+        Parsed::LaterFragment
+    }
+}
+
+/// `len` is what the IP header says follows; a header that does not fit in it (a
+/// first fragment too short for the L4 header, a lying length) is refused.
+#[inline(always)]
+fn parse_transport(
+    ctx: &XdpContext,
+    offset: usize,
+    len: usize,
+    proto: u8,
+    fragment_offset: u16,
+    src: [u8; 16],
+) -> Result<Parsed, Unparsed> {
+    if fragment_offset != 0 {
+        return Ok(later_fragment(fragment_offset));
+    }
+    match proto {
+        PROTO_TCP => {
+            if len < TcpHdr::LEN {
+                return Err(Unparsed);
+            }
+            let tcp: *const [u8; TcpHdr::LEN] = ptr_at(ctx, offset)?;
+            // SAFETY: ptr_at checked the fixed TCP header.
+            let tcp = unsafe { &*tcp };
+            if (tcp[12] >> 4) < 5 {
+                return Err(Unparsed);
+            }
+            Ok(Parsed::Transport(Packet {
+                src,
+                src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+                dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+                proto,
+                tcp_flags: tcp[13],
+            }))
+        }
+        PROTO_UDP => {
+            if len < UdpHdr::LEN {
+                return Err(Unparsed);
+            }
+            let udp: *const UdpHdr = ptr_at(ctx, offset)?;
+            // SAFETY: ptr_at checked the UDP header.
+            let udp = unsafe { &*udp };
+            Ok(Parsed::Transport(Packet {
+                src,
+                src_port: udp.src_port(),
+                dst_port: udp.dst_port(),
+                proto,
+                tcp_flags: 0,
+            }))
+        }
+        _ => Ok(Parsed::Other),
+    }
+}

@@ -1,0 +1,108 @@
+//! Loading the XDP program with its maps pinned, and attaching it to interfaces.
+
+use std::{ffi::CString, fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+};
+use knock_common::map_names;
+
+use crate::{EBPF_OBJECT, PROGRAM_NAME, config::XdpMode};
+
+/// bpffs's magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Fails unless `dir` lies on a bpf filesystem; pins cannot live anywhere else.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let c = CString::new(existing.as_os_str().as_encoded_bytes()).context("pin directory has a NUL byte")?;
+    // SAFETY: statfs writes only into the struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat {}", existing.display()));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "pin directory {} is not on a bpf filesystem ({} is not bpffs); mount one with \
+             `mount -t bpf bpf /sys/fs/bpf` or choose another --pin-dir",
+            dir.display(),
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `pin_dir` already holds xknock's maps (left by a crashed `run`).
+pub fn has_pins(pin_dir: &Path) -> bool {
+    pin_dir.join(map_names::SEQUENCES).exists()
+}
+
+/// Loads the program into the kernel with every map pinned under `pin_dir`; maps
+/// already pinned there are reused, with their contents.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    ensure_bpffs(pin_dir)?;
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .with_context(|| {
+            format!(
+                "cannot load the eBPF object (needs root or CAP_BPF, and a kernel with BTF); \
+                 if {} holds maps of an older xknock, remove them",
+                pin_dir.display()
+            )
+        })?;
+    program(&mut ebpf)?
+        .load()
+        .context("the kernel's verifier refused the XDP program")?;
+    Ok(ebpf)
+}
+
+pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf
+        .program_mut(PROGRAM_NAME)
+        .context("the eBPF object has no xknock program")?;
+    Ok(prog.try_into()?)
+}
+
+/// Attaches to `iface`; in auto mode tries native first and falls back to skb mode.
+/// Returns the link and the mode that took.
+pub fn attach(xdp: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(XdpLinkId, &'static str)> {
+    let name = CString::new(iface).with_context(|| format!("interface name {iface:?} has a NUL byte"))?;
+    let try_mode = |xdp: &mut Xdp, m: AyaXdpMode| xdp.attach(name.as_c_str(), m);
+    match mode {
+        XdpMode::Native => try_mode(xdp, AyaXdpMode::Driver)
+            .map(|l| (l, "native"))
+            .with_context(|| format!("cannot attach to {iface} in native mode (try --xdp-mode skb)")),
+        XdpMode::Skb => try_mode(xdp, AyaXdpMode::Skb)
+            .map(|l| (l, "skb"))
+            .with_context(|| format!("cannot attach to {iface} in skb mode")),
+        XdpMode::Auto => match try_mode(xdp, AyaXdpMode::Driver) {
+            Ok(l) => Ok((l, "native")),
+            Err(native) => try_mode(xdp, AyaXdpMode::Skb)
+                .map(|l| (l, "skb"))
+                .with_context(|| format!("cannot attach to {iface} natively ({native}) nor in skb mode")),
+        },
+    }
+}
+
+/// Removes the pins `run` made (at a clean shutdown) and the directory if empty.
+pub fn remove_pins(pin_dir: &Path) {
+    for name in [
+        map_names::SEQUENCES,
+        map_names::PORT_RULES,
+        map_names::SETTINGS,
+        map_names::PROGRESS,
+        map_names::AUTHORIZED,
+        map_names::FLOWS,
+        map_names::COUNTERS,
+        map_names::EVENTS,
+    ] {
+        let _ = fs::remove_file(pin_dir.join(name));
+    }
+    let _ = fs::remove_dir(pin_dir);
+}

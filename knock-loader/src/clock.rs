@@ -1,0 +1,35 @@
+//! The kernel's clock as seen from userspace, and its conversion to wall time.
+
+use std::time::{Duration, SystemTime};
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The wall time of a policy-clock reading `ts_ns`, given the policy clock's `now_ns`.
+pub fn wall_time(ts_ns: u64, now_ns: u64) -> SystemTime {
+    let now = SystemTime::now();
+    if ts_ns <= now_ns {
+        now - Duration::from_nanos(now_ns - ts_ns)
+    } else {
+        now + Duration::from_nanos(ts_ns - now_ns)
+    }
+}
+
+/// A duration as people write it in the config, rounded to whole seconds past 10s.
+pub fn human(d: Duration) -> String {
+    let d = if d >= Duration::from_secs(10) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,200 @@
+//! Events as `run` prints them: one per line, human-readable or JSON. Knock, reset,
+//! open and open-failed come from the kernel's ring buffer; close (and open for an
+//! `xknock allow` from another shell) come from watching the authorization map.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Result;
+use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceKey};
+use serde::Serialize;
+
+use crate::{
+    clock,
+    maps::{State, sequence_name, unmapped},
+};
+
+/// One output line. Field names are the public contract (SPEC.md, Events).
+#[derive(Debug, Serialize)]
+pub struct EventLine {
+    pub ts: String,
+    pub event: &'static str,
+    pub source: IpAddr,
+    pub sequence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of: Option<u8>,
+    /// The packet's destination, for kernel events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// How long an `open` lasts.
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<String>,
+}
+
+impl EventLine {
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            return serde_json::to_string(self).unwrap_or_default();
+        }
+        let mut line = format!("{} {:<6} {} {}", self.ts, self.event, self.source, self.sequence);
+        if let (Some(step), Some(of)) = (self.step, self.of) {
+            line += &format!(" step {step}/{of}");
+        }
+        if let Some(port) = &self.port {
+            line += &format!(" ({port})");
+        }
+        if let Some(reason) = self.reason {
+            line += &format!(" reason={reason}");
+        }
+        if let Some(d) = &self.open_for {
+            line += &format!(" for {d}");
+        }
+        line
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Turns kernel events into lines and watches authorizations for the rest.
+pub struct Events {
+    /// Sequence names and open windows by index.
+    sequences: HashMap<u8, (String, Duration)>,
+    /// Authorizations announced and not yet closed, with their expiry.
+    open: HashMap<SourceKey, u64>,
+}
+
+impl Events {
+    /// Starts from the state's current authorizations (adopted ones are not re-announced).
+    pub fn new(state: &State) -> Result<Events> {
+        let sequences = state
+            .sequences()?
+            .into_iter()
+            .map(|(i, c)| (i, (sequence_name(&c), Duration::from_nanos(c.open_for_ns))))
+            .collect();
+        let open = state
+            .authorized
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, a)| (k, a.expires_ns))
+            .collect();
+        Ok(Events { sequences, open })
+    }
+
+    fn name(&self, seq: u8) -> String {
+        self.sequences
+            .get(&seq)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("#{seq}"))
+    }
+
+    fn line(&self, ts: SystemTime, event: &'static str, addr: [u8; 16], seq: u8) -> EventLine {
+        EventLine {
+            ts: rfc3339(ts),
+            event,
+            source: unmapped(addr),
+            sequence: self.name(seq),
+            step: None,
+            of: None,
+            port: None,
+            reason: None,
+            open_for: None,
+        }
+    }
+
+    /// A record from the kernel's ring buffer.
+    pub fn from_kernel(&mut self, ev: &Event, now_ns: u64) -> Option<EventLine> {
+        let kind = EventKind::from_u8(ev.kind)?;
+        let mut line = self.line(clock::wall_time(ev.ts_ns, now_ns), "", ev.addr, ev.seq);
+        line.port = Some(format!(
+            "{}/{}",
+            ev.port,
+            if ev.proto == PROTO_UDP { "udp" } else { "tcp" }
+        ));
+        match kind {
+            EventKind::Knock => {
+                line.event = "knock";
+                (line.step, line.of) = (Some(ev.step), Some(ev.of));
+            }
+            EventKind::Reset => {
+                line.event = "reset";
+                (line.step, line.of) = (Some(ev.step), Some(ev.of));
+                line.reason = Some(match ev.reason {
+                    r if r == ResetReason::Timeout as u8 => "timeout",
+                    r if r == ResetReason::Strict as u8 => "strict",
+                    _ => "wrong",
+                });
+            }
+            EventKind::Open => {
+                line.event = "open";
+                let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
+                line.open_for = Some(clock::human(open_for));
+                let key = SourceKey {
+                    addr: ev.addr,
+                    seq: ev.seq,
+                    _pad: [0; 3],
+                };
+                self.open
+                    .insert(key, ev.ts_ns.saturating_add(crate::config::nanos(open_for)));
+            }
+            EventKind::OpenFailed => {
+                line.event = "open_failed";
+                line.reason = Some("authorization map full");
+            }
+            EventKind::Close => return None,
+        }
+        Some(line)
+    }
+
+    /// Removes expired authorizations and reports what changed in the map since the
+    /// last sweep: `close` for expired or revoked ones, `open` for ones added by
+    /// `xknock allow`.
+    pub fn sweep(&mut self, state: &mut State) -> Result<Vec<EventLine>> {
+        let now_ns = state.now_ns()?;
+        let now = SystemTime::now();
+        let current: HashMap<SourceKey, u64> = state
+            .authorized
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, a)| (k, a.expires_ns))
+            .collect();
+        let mut lines = Vec::new();
+        for (key, expires) in &current {
+            if *expires <= now_ns {
+                // Removed by someone else meanwhile is fine.
+                let _ = state.authorized.remove(key);
+                let mut l = self.line(clock::wall_time(*expires, now_ns), "close", key.addr, key.seq);
+                l.reason = Some("expired");
+                lines.push(l);
+                self.open.remove(key);
+            } else if !self.open.contains_key(key) {
+                let mut l = self.line(now, "open", key.addr, key.seq);
+                l.reason = Some("allow");
+                l.open_for = Some(clock::human(Duration::from_nanos(expires - now_ns)));
+                lines.push(l);
+                self.open.insert(*key, *expires);
+            }
+        }
+        let revoked: Vec<SourceKey> = self
+            .open
+            .keys()
+            .filter(|k| !current.contains_key(k))
+            .copied()
+            .collect();
+        for key in revoked {
+            self.open.remove(&key);
+            let mut l = self.line(now, "close", key.addr, key.seq);
+            l.reason = Some("revoked");
+            lines.push(l);
+        }
+        Ok(lines)
+    }
+}

@@ -1,0 +1,17 @@
+//! xknock's userspace: loading and attaching the XDP program, the configuration, the
+//! maps it shares with the kernel, its events, and the knock client.
+
+pub mod attach;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod maps;
+pub mod run;
+pub mod status;
+
+/// The XDP program, built by build.rs from the knock-ebpf crate.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
+
+/// The XDP program's name in the object.
+pub const PROGRAM_NAME: &str = "xknock";

@@ -1,0 +1,207 @@
+//! The `xknock` command line.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use xknock::{
+    client::{self, Family},
+    config::{Config, DEFAULT_CONFIG, DEFAULT_PIN_DIR, Knock, XdpMode},
+    maps::State,
+    run,
+    status::Status,
+};
+
+/// A port-knocking firewall in XDP: protected ports stay silently closed to every
+/// source that has not first knocked the right sequence.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the filter, print events until SIGINT/SIGTERM, then detach.
+    ///
+    /// Maps stay pinned under the pin directory after exit, so a new `run` keeps the
+    /// authorizations and progress of the last one; remove the directory to forget them.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Interface to attach to (repeatable); overrides `interface` in the config.
+        #[arg(long = "iface", short)]
+        ifaces: Vec<String>,
+        /// Where maps are pinned; overrides `pin_dir` in the config.
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Attach mode; overrides `xdp_mode` in the config.
+        #[arg(long, value_enum)]
+        xdp_mode: Option<XdpMode>,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show sequences, sources in progress, authorized sources and counters.
+    Status {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authorize ADDR for a sequence as if it had knocked.
+    Allow {
+        addr: IpAddr,
+        /// The sequence whose protected ports open.
+        #[arg(long)]
+        sequence: String,
+        /// How long (default: the sequence's open_for), e.g. 30s, 5m.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Remove ADDR's authorizations (all, or one sequence's) and its kept connections.
+    Revoke {
+        addr: IpAddr,
+        #[arg(long)]
+        sequence: Option<String>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Validate a configuration file and print what it sets up.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send a knock sequence to HOST (no privileges needed).
+    ///
+    /// Example: xknock knock server.example 7000 8000/udp 9000
+    Knock {
+        host: String,
+        /// PORT, PORT/tcp or PORT/udp (tcp when no protocol is given).
+        #[arg(required = true, value_parser = parse_knock)]
+        knocks: Vec<Knock>,
+        /// Pause between knocks.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        delay: Duration,
+        /// Use IPv4 only.
+        #[arg(short = '4', conflicts_with = "ipv6")]
+        ipv4: bool,
+        /// Use IPv6 only.
+        #[arg(short = '6')]
+        ipv6: bool,
+    },
+}
+
+fn parse_knock(s: &str) -> Result<Knock, String> {
+    s.parse()
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = real_main() {
+        eprintln!("xknock: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            ifaces,
+            pin_dir,
+            xdp_mode,
+            json,
+        } => {
+            let mut cfg = Config::load(&config)?;
+            if !ifaces.is_empty() {
+                cfg.interfaces = ifaces;
+            }
+            if let Some(dir) = pin_dir {
+                cfg.pin_dir = dir;
+            }
+            if let Some(mode) = xdp_mode {
+                cfg.xdp_mode = mode;
+            }
+            run::run(cfg, json)
+        }
+        Command::Status { pin_dir, json } => {
+            let status = Status::read(&State::from_pins(&pin_dir)?)?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Allow {
+            addr,
+            sequence,
+            duration,
+            pin_dir,
+        } => {
+            let mut state = State::from_pins(&pin_dir)?;
+            let seq = state.sequence_index(&sequence)?;
+            let open_for = state
+                .sequences()?
+                .into_iter()
+                .find(|(i, _)| *i == seq)
+                .map(|(_, c)| Duration::from_nanos(c.open_for_ns))
+                .unwrap_or_default();
+            let duration = duration.unwrap_or(open_for);
+            state.allow(addr, seq, duration)?;
+            println!(
+                "{addr} may connect to {sequence}'s ports for {}",
+                xknock::clock::human(duration)
+            );
+            Ok(())
+        }
+        Command::Revoke {
+            addr,
+            sequence,
+            pin_dir,
+        } => {
+            let mut state = State::from_pins(&pin_dir)?;
+            let seq = sequence.as_deref().map(|s| state.sequence_index(s)).transpose()?;
+            let n = state.revoke(addr, seq)?;
+            println!("revoked {n} authorization(s) of {addr}");
+            Ok(())
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{}: ok", config.display());
+            for s in &cfg.sequences {
+                let knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+                let protect: Vec<_> = s.protect.iter().map(ToString::to_string).collect();
+                println!(
+                    "  {}: knocks {} open {} for {}",
+                    s.name,
+                    knocks.join(" "),
+                    protect.join(" "),
+                    xknock::clock::human(s.open_for)
+                );
+            }
+            Ok(())
+        }
+        Command::Knock {
+            host,
+            knocks,
+            delay,
+            ipv4,
+            ipv6,
+        } => {
+            let family = match (ipv4, ipv6) {
+                (true, _) => Family::V4,
+                (_, true) => Family::V6,
+                _ => Family::Any,
+            };
+            let addr = client::resolve(&host, family)?;
+            client::knock(addr, &knocks, delay).with_context(|| format!("knocking on {host}"))
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Typed access to the program's maps, either from a freshly loaded object (`run`)
+//! or from the pins another process left (`status`, `allow`, `revoke`).
+
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+};
+use knock_common::{
+    Authorization, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES, PortRule,
+    Progress, SequenceConfig, Settings, SourceKey, map_names,
+};
+
+use crate::{clock, config::Config};
+
+pub struct State {
+    pub sequences: Array<MapData, SequenceConfig>,
+    pub port_rules: Array<MapData, PortRule>,
+    pub settings: Array<MapData, Settings>,
+    pub progress: HashMap<MapData, SourceKey, Progress>,
+    pub authorized: HashMap<MapData, SourceKey, Authorization>,
+    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl State {
+    /// Takes the maps out of a loaded object (the program keeps its own references).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<State> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+        };
+        Self::from_maps(&mut take)
+    }
+
+    /// Opens the maps a running (or crashed) `xknock run` pinned under `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<State> {
+        let mut open = |name: &str| {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "cannot open pinned map {} (is `xknock run` running with --pin-dir {}?)",
+                    path.display(),
+                    pin_dir.display()
+                )
+            })?;
+            Map::from_map_data(data).with_context(|| format!("{} is not an xknock map", path.display()))
+        };
+        Self::from_maps(&mut open)
+    }
+
+    fn from_maps(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<State> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            get: &mut dyn FnMut(&str) -> Result<Map>,
+            name: &str,
+        ) -> Result<T> {
+            T::try_from(get(name)?).with_context(|| format!("map {name} has an unexpected type or layout"))
+        }
+        Ok(State {
+            sequences: typed(get, map_names::SEQUENCES)?,
+            port_rules: typed(get, map_names::PORT_RULES)?,
+            settings: typed(get, map_names::SETTINGS)?,
+            progress: typed(get, map_names::PROGRESS)?,
+            authorized: typed(get, map_names::AUTHORIZED)?,
+            flows: typed(get, map_names::FLOWS)?,
+            counters: typed(get, map_names::COUNTERS)?,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings.get(&0, 0).context("cannot read the settings map")
+    }
+
+    /// The policy clock the kernel uses, in ns.
+    pub fn now_ns(&self) -> Result<u64> {
+        Ok(clock::monotonic_ns().wrapping_add(self.settings()?.clock_offset_ns))
+    }
+
+    /// Moves the policy clock (tests only: it shifts every timeout at once).
+    pub fn set_clock_offset(&mut self, offset: Duration) -> Result<()> {
+        let mut s = self.settings()?;
+        s.clock_offset_ns = crate::config::nanos(offset);
+        self.settings
+            .set(0, &s, 0)
+            .context("cannot write the settings map")
+    }
+
+    /// Configured sequences as (index, kernel config), skipping empty slots.
+    pub fn sequences(&self) -> Result<Vec<(u8, SequenceConfig)>> {
+        let mut out = Vec::new();
+        for i in 0..MAX_SEQUENCES as u32 {
+            let c = self
+                .sequences
+                .get(&i, 0)
+                .context("cannot read the sequence map")?;
+            if c.n_knocks > 0 {
+                out.push((i as u8, c));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn sequence_index(&self, name: &str) -> Result<u8> {
+        let seqs = self.sequences()?;
+        seqs.iter()
+            .find(|(_, c)| sequence_name(c) == name)
+            .map(|(i, _)| *i)
+            .ok_or_else(|| {
+                let known: Vec<_> = seqs.iter().map(|(_, c)| sequence_name(c)).collect();
+                anyhow!("no sequence named {name:?}; configured: {}", known.join(", "))
+            })
+    }
+
+    /// Writes a configuration into the maps: sequences first, then port rules (old
+    /// ports cleared), then the strict mask.
+    pub fn apply(&mut self, config: &Config) -> Result<()> {
+        let old_ports: Vec<u32> = self
+            .sequences()?
+            .iter()
+            .flat_map(|(_, c)| {
+                let knocks = c.knocks.iter().take(c.n_knocks as usize);
+                let protect = c.protect.iter().take(c.n_protect as usize);
+                knocks
+                    .chain(protect)
+                    .filter_map(|p| knock_common::port_rule_index(p.proto, p.port))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let table = config.sequence_table();
+        for i in 0..MAX_SEQUENCES {
+            let entry = table.get(i).copied().unwrap_or_else(bytemuck::Zeroable::zeroed);
+            self.sequences
+                .set(i as u32, &entry, 0)
+                .context("cannot write the sequence map")?;
+        }
+        let rules = config.port_rules();
+        for index in old_ports.iter().filter(|i| !rules.contains_key(i)) {
+            self.port_rules
+                .set(*index, &PortRule::default(), 0)
+                .context("cannot write the port-rule map")?;
+        }
+        for (index, rule) in &rules {
+            debug_assert!(*index < PORT_RULE_ENTRIES);
+            self.port_rules
+                .set(*index, rule, 0)
+                .context("cannot write the port-rule map")?;
+        }
+        let mut settings = self.settings()?;
+        settings.strict_mask = config.strict_mask();
+        self.settings
+            .set(0, &settings, 0)
+            .context("cannot write the settings map")
+    }
+
+    /// Verdict counters summed over CPUs, in `Counter` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        (0..COUNTERS)
+            .map(|i| {
+                let per_cpu = self.counters.get(&i, 0).context("cannot read the counter map")?;
+                Ok((Counter::ALL[i as usize], per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let per_cpu = self
+            .counters
+            .get(&(c as u32), 0)
+            .context("cannot read the counter map")?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Authorizes `addr` for sequence `seq` until `now + duration`.
+    pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
+        let now = self.now_ns()?;
+        let auth = Authorization {
+            expires_ns: now.saturating_add(crate::config::nanos(duration)),
+            opened_ns: now,
+        };
+        self.authorized
+            .insert(&source_key(addr, seq), &auth, 0)
+            .context("cannot add the authorization (is the authorization map full?)")
+    }
+
+    /// Removes `addr`'s authorizations (for one sequence or all) and the connections
+    /// it keeps open. Returns how many authorizations were removed.
+    pub fn revoke(&mut self, addr: IpAddr, seq: Option<u8>) -> Result<usize> {
+        let mapped = mapped(addr);
+        let keys: Vec<SourceKey> = self
+            .authorized
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.addr == mapped && seq.is_none_or(|s| s == k.seq))
+            .collect();
+        for k in &keys {
+            self.authorized
+                .remove(k)
+                .context("cannot remove an authorization")?;
+        }
+        let flows: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.addr == mapped)
+            .collect();
+        for k in &flows {
+            // Gone already (idle or evicted) is fine.
+            let _ = self.flows.remove(k);
+        }
+        Ok(keys.len())
+    }
+}
+
+pub fn sequence_name(c: &SequenceConfig) -> String {
+    let len = c.name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&c.name[..len]).into_owned()
+}
+
+/// The kernel's 16-byte form of an address: IPv4 as `::ffff:a.b.c.d`.
+pub fn mapped(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a kernel key stands for, IPv4 shown as IPv4.
+pub fn unmapped(addr: [u8; 16]) -> IpAddr {
+    Ipv6Addr::from(addr).to_canonical()
+}
+
+pub fn source_key(addr: IpAddr, seq: u8) -> SourceKey {
+    SourceKey {
+        addr: mapped(addr),
+        seq,
+        _pad: [0; 3],
+    }
+}

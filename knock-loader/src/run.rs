@@ -1,0 +1,132 @@
+//! `xknock run`: load, configure, attach, print events, detach on SIGINT/SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::RingBuf;
+use knock_common::{Event, map_names};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    attach,
+    config::Config,
+    events::{EventLine, Events},
+    maps::State,
+};
+
+/// How often authorizations are checked for expiry (the lateness of `close` events).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+pub fn run(config: Config, json: bool) -> Result<()> {
+    if config.interfaces.is_empty() {
+        bail!("no interface: give --iface IFACE or set interface in the config");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(config, json))
+}
+
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn run_async(config: Config, json: bool) -> Result<()> {
+    let adopted = attach::has_pins(&config.pin_dir);
+    let mut ebpf = attach::load(&config.pin_dir)?;
+    let mut state = State::from_ebpf(&mut ebpf)?;
+    state
+        .apply(&config)
+        .context("cannot write the configuration into the maps")?;
+    if adopted {
+        log::info!(
+            "adopted the state pinned in {}: {} authorization(s), {} source(s) in progress",
+            config.pin_dir.display(),
+            state.authorized.keys().count(),
+            state.progress.keys().count()
+        );
+    }
+    let ring: RingBuf<_> = ebpf
+        .take_map(map_names::EVENTS)
+        .context("the eBPF object has no events map")?
+        .try_into()?;
+    // SAFETY: the ring buffer owns its fd and keeps it open while registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("cannot watch the events ring buffer")?;
+    forward_kernel_logs(&mut ebpf);
+
+    let xdp = attach::program(&mut ebpf)?;
+    for iface in &config.interfaces {
+        let (_, mode) = attach::attach(xdp, iface, config.xdp_mode)?;
+        log::info!(
+            "attached to {iface} in {mode} mode; pins in {}",
+            config.pin_dir.display()
+        );
+    }
+
+    let mut events = Events::new(&state)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let print = |line: EventLine| say(&line.render(json));
+    let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<()> {
+        let now = state.now_ns()?;
+        while let Some(item) = ring.next() {
+            if let Some(ev) = bytemuck::try_from_bytes::<Event>(&item).ok().copied()
+                && let Some(line) = events.from_kernel(&ev, now)
+            {
+                print(line);
+            }
+        }
+        Ok(())
+    };
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut events, &state)?;
+                guard.clear_ready();
+            }
+            _ = sweep.tick() => {
+                // Kernel events first, so an `open` the kernel just made is not
+                // mistaken for one added by `xknock allow`.
+                drain(ring.get_mut(), &mut events, &state)?;
+                for line in events.sweep(&mut state)? {
+                    print(line);
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    log::info!("detaching; state stays pinned in {}", config.pin_dir.display());
+    drop(ebpf);
+    Ok(())
+}
+
+/// Forwards the program's aya-log lines to env_logger (stderr).
+fn forward_kernel_logs(ebpf: &mut aya::Ebpf) {
+    let logger = aya_log::EbpfLogger::init(ebpf)
+        .map_err(anyhow::Error::from)
+        .and_then(|l| {
+            // SAFETY: the logger owns its map fd and keeps it open while registered.
+            unsafe { AsyncFd::register(l) }.map_err(|e| anyhow::Error::from(std::io::Error::from(e)))
+        });
+    let mut logger = match logger {
+        Ok(logger) => logger,
+        Err(e) => return log::warn!("kernel log lines will not be shown: {e:#}"),
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

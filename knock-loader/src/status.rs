@@ -1,0 +1,170 @@
+//! `xknock status`: what the pinned maps say, from any shell.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    clock::human,
+    config::Knock,
+    maps::{State, sequence_name, unmapped},
+};
+
+#[derive(Serialize)]
+pub struct Status {
+    pub sequences: Vec<SequenceStatus>,
+    pub in_progress: Vec<InProgress>,
+    pub authorized: Vec<Authorized>,
+    /// Connections kept open past their authorization's window.
+    pub kept_connections: usize,
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+pub struct SequenceStatus {
+    pub name: String,
+    pub knocks: Vec<String>,
+    pub protect: Vec<String>,
+    pub open_for_ms: u64,
+    pub strict: bool,
+}
+
+#[derive(Serialize)]
+pub struct InProgress {
+    pub source: IpAddr,
+    pub sequence: String,
+    pub step: u8,
+    pub of: u8,
+    pub age_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct Authorized {
+    pub source: IpAddr,
+    pub sequence: String,
+    pub left_ms: u64,
+}
+
+fn ports(list: &[knock_common::PortProto], n: u8) -> Vec<String> {
+    list.iter()
+        .take(n as usize)
+        .map(|p| {
+            Knock {
+                port: p.port,
+                proto: p.proto,
+            }
+            .to_string()
+        })
+        .collect()
+}
+
+impl Status {
+    pub fn read(state: &State) -> Result<Status> {
+        let now = state.now_ns()?;
+        let seqs = state.sequences()?;
+        let config = |i: u8| seqs.iter().find(|(j, _)| *j == i).map(|(_, c)| c);
+        let name = |i: u8| config(i).map(sequence_name).unwrap_or_else(|| format!("#{i}"));
+        let sequences = seqs
+            .iter()
+            .map(|(_, c)| SequenceStatus {
+                name: sequence_name(c),
+                knocks: ports(&c.knocks, c.n_knocks),
+                protect: ports(&c.protect, c.n_protect),
+                open_for_ms: c.open_for_ns / 1_000_000,
+                strict: c.flags & knock_common::SEQ_STRICT != 0,
+            })
+            .collect();
+        let mut in_progress: Vec<InProgress> = state
+            .progress
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, p)| {
+                let c = config(k.seq)?;
+                let live = now.saturating_sub(p.last_ns) <= c.step_timeout_ns
+                    && now.saturating_sub(p.first_ns) <= c.sequence_timeout_ns;
+                live.then(|| InProgress {
+                    source: unmapped(k.addr),
+                    sequence: name(k.seq),
+                    step: p.step,
+                    of: c.n_knocks,
+                    age_ms: now.saturating_sub(p.first_ns) / 1_000_000,
+                })
+            })
+            .collect();
+        in_progress.sort_by_key(|p| (p.source, p.sequence.clone()));
+        let mut authorized: Vec<Authorized> = state
+            .authorized
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, a)| a.expires_ns > now)
+            .map(|(k, a)| Authorized {
+                source: unmapped(k.addr),
+                sequence: name(k.seq),
+                left_ms: (a.expires_ns - now) / 1_000_000,
+            })
+            .collect();
+        authorized.sort_by_key(|a| (a.source, a.sequence.clone()));
+        let kept_connections = state
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| now.saturating_sub(f.last_ns) <= f.idle_timeout_ns)
+            .count();
+        let counters = state
+            .counters()?
+            .into_iter()
+            .map(|(c, v)| (c.name(), v))
+            .collect();
+        Ok(Status {
+            sequences,
+            in_progress,
+            authorized,
+            kept_connections,
+            counters,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ms = |v: u64| human(Duration::from_millis(v));
+        let _ = writeln!(out, "sequences:");
+        for s in &self.sequences {
+            let strict = if s.strict { ", strict" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {:<12} knocks {}  protects {}  open for {}{strict}",
+                s.name,
+                s.knocks.join(" "),
+                s.protect.join(" "),
+                ms(s.open_for_ms)
+            );
+        }
+        let _ = writeln!(out, "in progress: {}", self.in_progress.len());
+        for p in &self.in_progress {
+            let _ = writeln!(
+                out,
+                "  {:<39} {:<12} step {} of {}, started {} ago",
+                p.source,
+                p.sequence,
+                p.step,
+                p.of,
+                ms(p.age_ms)
+            );
+        }
+        let _ = writeln!(out, "authorized: {}", self.authorized.len());
+        for a in &self.authorized {
+            let _ = writeln!(
+                out,
+                "  {:<39} {:<12} {} left",
+                a.source,
+                a.sequence,
+                ms(a.left_ms)
+            );
+        }
+        let _ = writeln!(out, "kept connections: {}", self.kept_connections);
+        let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "counters: {}", counters.join(" "));
+        out
+    }
+}

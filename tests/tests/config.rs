@@ -1,0 +1,170 @@
+//! Configuration: what is accepted, what the kernel tables become, and that every
+//! refusal names the file, the line and the key.
+
+use std::path::Path;
+
+use knock_common::{PortRule, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, TCP_ACK, TCP_FIN, TCP_SYN, port_rule_index};
+use xknock::config::{Config, XdpMode};
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(Path::new("/etc/xknock/test.toml"), text).map_err(|e| format!("{e:#}"))
+}
+
+fn refused(text: &str) -> String {
+    parse(text).expect_err("config must be refused")
+}
+
+const SEQ: &str =
+    "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000/tcp\", \"8000/udp\", \"9000\"]\nprotect = [\"22/tcp\"]\n";
+
+#[test]
+fn the_example_config_is_valid() {
+    let c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/xknock.toml"))
+        .expect("example config");
+    assert_eq!(c.sequences[0].name, "ssh");
+    assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/xknock"));
+}
+
+#[test]
+fn defaults_and_kernel_tables() {
+    let c = parse(&format!(
+        "interface = [\"eth0\", \"eth1\"]\nxdp_mode = \"skb\"\n{SEQ}strict = true\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.xdp_mode, XdpMode::Skb);
+    let s = &c.sequences[0];
+    assert_eq!(
+        (
+            s.open_for.as_secs(),
+            s.step_timeout.as_secs(),
+            s.sequence_timeout.as_secs()
+        ),
+        (30, 5, 15)
+    );
+    assert!(s.keep_established && s.strict);
+    let k = s.kernel_config();
+    assert_eq!((k.n_knocks, k.n_protect), (3, 1));
+    assert_eq!(k.knocks[1].port, 8000);
+    assert_eq!(k.knocks[2].proto, 6, "a bare port is TCP");
+    assert_eq!(k.flags, SEQ_STRICT | SEQ_KEEP_ESTABLISHED);
+    assert_eq!(
+        (k.tcp_flags_set, k.tcp_flags_clear),
+        (TCP_SYN, TCP_ACK),
+        "default: SYN without ACK"
+    );
+    assert_eq!(&k.name[..4], b"ssh\0");
+    let rules = c.port_rules();
+    assert_eq!(
+        rules[&port_rule_index(17, 8000).unwrap()],
+        PortRule {
+            knock_mask: 1,
+            protect_mask: 0
+        }
+    );
+    assert_eq!(
+        rules[&port_rule_index(6, 22).unwrap()],
+        PortRule {
+            knock_mask: 0,
+            protect_mask: 1
+        }
+    );
+    assert!(
+        !rules.contains_key(&port_rule_index(6, 8000).unwrap()),
+        "8000/tcp is not 8000/udp"
+    );
+    assert_eq!(c.strict_mask(), 1);
+}
+
+#[test]
+fn tcp_flags() {
+    assert_eq!(
+        xknock::config::parse_tcp_flags("syn,!ack"),
+        Ok((TCP_SYN, TCP_ACK))
+    );
+    assert_eq!(xknock::config::parse_tcp_flags("fin"), Ok((TCP_FIN, TCP_ACK)));
+    assert_eq!(
+        xknock::config::parse_tcp_flags("syn,ack"),
+        Ok((TCP_SYN | TCP_ACK, 0))
+    );
+    assert!(
+        xknock::config::parse_tcp_flags("!syn").is_err(),
+        "nothing required: every packet would knock"
+    );
+    assert!(xknock::config::parse_tcp_flags("syn,!syn").is_err());
+    assert!(xknock::config::parse_tcp_flags("bogus").is_err());
+}
+
+#[test]
+fn refusals_name_the_file_line_and_key() {
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{SEQ}open_for = \"soon\"\n"), ":5: open_for:"),
+        (
+            format!("{SEQ}step_timeout = \"0s\"\n"),
+            ":5: step_timeout: must be longer than zero",
+        ),
+        (SEQ.replace("\"9000\"", "\"70000/tcp\""), ":3: knocks:"),
+        (SEQ.replace("\"9000\"", "\"0/udp\""), ":3: knocks:"),
+        (
+            SEQ.replace("\"9000\"", "\"9000/sctp\""),
+            ":3: knocks: unknown protocol",
+        ),
+        (
+            SEQ.replace("\"8000/udp\", \"9000\"", "\"7000/tcp\""),
+            ":3: knocks: 7000/tcp twice in a row",
+        ),
+        (
+            SEQ.replace("[\"22/tcp\"]", "[\"7000/tcp\"]"),
+            ":4: protect: 7000/tcp is also a knock",
+        ),
+        (
+            SEQ.replace("[\"22/tcp\"]", "[]"),
+            ":4: protect: must list at least one",
+        ),
+        (SEQ.replace("name = \"ssh\"", "name = \"s s h\""), ":2: name:"),
+        (format!("{SEQ}tcp_flags = \"syn,bogus\"\n"), ":5: tcp_flags:"),
+        (
+            format!("{SEQ}on_open = \"/bin/true\"\n"),
+            ":5: on_open: commands on open and close are not supported yet",
+        ),
+        (format!("{SEQ}colour = \"blue\"\n"), ":5: unknown field `colour`"),
+        (
+            format!("xdp_mode = \"turbo\"\n{SEQ}"),
+            ":1: unknown variant `turbo`",
+        ),
+        (format!("{SEQ}{SEQ}"), ":6: name: a second sequence named \"ssh\""),
+        (
+            format!("{SEQ}{}", SEQ.replace("ssh", "other")),
+            ":7: knocks: the same knocks as sequence \"ssh\"",
+        ),
+        (
+            format!(
+                "{SEQ}{}",
+                SEQ.replace("ssh", "other")
+                    .replace("[\"7000/tcp\", \"8000/udp\", \"9000\"]", "[\"1/tcp\"]")
+                    .replace("22/tcp", "9000/tcp")
+            ),
+            ":8: protect: 9000/tcp is a knock of sequence \"ssh\"",
+        ),
+        ("interface = \"eth0\"\n".to_owned(), "no [[sequence]]"),
+    ];
+    for (text, want) in cases {
+        let err = refused(&text);
+        assert!(
+            err.starts_with("/etc/xknock/test.toml"),
+            "error names the file: {err}"
+        );
+        assert!(
+            err.contains(want),
+            "for config\n{text}\nwanted {want:?} in: {err}"
+        );
+    }
+    let nine: String = (0..9)
+        .map(|i| {
+            SEQ.replace("ssh", &format!("s{i}"))
+                .replace("22/tcp", &format!("{}/tcp", 100 + i))
+                .replace("7000/tcp", &format!("{}/tcp", 7000 + i))
+        })
+        .collect();
+    assert!(refused(&nine).contains("at most 8 sequences"));
+}

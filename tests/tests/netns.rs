@@ -1,0 +1,309 @@
+//! End to end: `xknock run` attached to veth interfaces of a server namespace running
+//! OpenSSH's sshd, with client namespaces knocking through `xknock knock`, knockd's
+//! `knock` and `nmap`, and connecting with real TCP.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use xknock_tests::{
+    BpfFs,
+    netns::{Hosts, ssh_banner, ssh_exchange},
+    unique, xknock_bin,
+};
+
+/// The machine has two cores: one end-to-end test at a time keeps timing honest.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const OPEN_FOR: Duration = Duration::from_secs(3);
+
+/// A server with sshd behind `xknock run`, and two clients: 0 knocks, 1 does not.
+struct Setup {
+    hosts: Hosts,
+    fs: BpfFs,
+    dir: PathBuf,
+    events: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let mut hosts = Hosts::new(2);
+        let fs = BpfFs::new();
+        let dir = std::env::temp_dir().join(unique("xknock-e2e-"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("xknock.toml");
+        fs::write(&config, format!(
+            "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000/tcp\", \"8000/udp\", \"9000/tcp\"]\nprotect = [\"22/tcp\"]\nopen_for = \"{}s\"\nstep_timeout = \"5s\"\nsequence_timeout = \"15s\"\n",
+            OPEN_FOR.as_secs()
+        )).expect("write config");
+        hosts.start_sshd(&dir);
+        let events = dir.join("events.jsonl");
+        let out = fs::File::create(&events).expect("events file");
+        let server = hosts.server.clone();
+        let mut args = vec![
+            xknock_bin().to_str().expect("utf-8").to_owned(),
+            "run".into(),
+            "--json".into(),
+            "--config".into(),
+            config.to_str().expect("utf-8").into(),
+            "--pin-dir".into(),
+            fs.pin_dir().to_str().expect("utf-8").into(),
+        ];
+        for iface in &hosts.server_ifaces {
+            args.extend(["--iface".into(), iface.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hosts.spawn_in(&server, &args, Stdio::from(out));
+        let setup = Setup {
+            hosts,
+            fs,
+            dir,
+            events,
+        };
+        setup.wait_attached();
+        setup
+    }
+
+    fn wait_attached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attached = self.hosts.server_ifaces.iter().all(|i| {
+                self.hosts
+                    .run_in(&self.hosts.server, &["ip", "link", "show", "dev", i])
+                    .1
+                    .contains("xdp")
+            });
+            if attached {
+                return;
+            }
+            assert!(Instant::now() < deadline, "xknock run did not attach within 20s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn client(&self, i: usize) -> &str {
+        &self.hosts.clients[i].ns
+    }
+
+    fn reachable(&self, client: usize, addr: IpAddr) -> bool {
+        ssh_banner(self.client(client), addr, 22).is_some()
+    }
+
+    fn xknock(&self, ns: &str, args: &[&str]) -> String {
+        let bin = xknock_bin();
+        let mut full = vec![bin.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        let (ok, out) = self.hosts.run_in(ns, &full);
+        assert!(ok, "xknock {args:?} failed: {out}");
+        out
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.events)
+            .expect("events file")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line {l:?} is not JSON: {e}")))
+            .collect()
+    }
+
+    fn wait_event(&self, event: &str, source: IpAddr) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["event"] == event && e["source"] == source.to_string())
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} event for {source}; events: {:?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn sshd_opens_only_after_the_knock_and_only_for_the_knocker() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Setup::new();
+    let server = s.hosts.server_v4[0];
+    let other_server = s.hosts.server_v4[1];
+    let (client, other) = (s.hosts.clients[0].v4, s.hosts.clients[1].v4);
+    assert!(!s.reachable(0, server), "sshd must be invisible before the knock");
+    assert!(
+        !s.reachable(1, other_server),
+        "sshd must be invisible to the other host"
+    );
+
+    s.xknock(
+        s.client(0),
+        &["knock", &server.to_string(), "7000", "8000/udp", "9000/tcp"],
+    );
+    s.wait_event("open", client);
+    let (mut established, banner) =
+        ssh_banner(s.client(0), server, 22).expect("sshd reachable after the knock");
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "banner {banner:?}");
+    assert!(
+        !s.reachable(1, other_server),
+        "the other host did not knock: still closed"
+    );
+
+    // status and bpftool read the pinned maps while run is running.
+    let pin_dir = s.fs.pin_dir();
+    let status: serde_json::Value = serde_json::from_str(&s.xknock(
+        &s.hosts.server,
+        &["status", "--json", "--pin-dir", pin_dir.to_str().unwrap()],
+    ))
+    .expect("status JSON");
+    assert_eq!(
+        status["authorized"][0]["source"],
+        client.to_string(),
+        "status: {status}"
+    );
+    assert_eq!(status["authorized"][0]["sequence"], "ssh");
+    assert!(status["counters"]["drop_knock"].as_u64().unwrap() >= 3);
+    let human = s.xknock(
+        &s.hosts.server,
+        &["status", "--pin-dir", pin_dir.to_str().unwrap()],
+    );
+    assert!(
+        human.contains(&client.to_string()) && human.contains("left"),
+        "status: {human}"
+    );
+    let dump = xknock_tests::sh(&[
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        pin_dir.join("XK_AUTHORIZED").to_str().unwrap(),
+    ]);
+    assert!(
+        dump.contains("\"expires_ns\"") && dump.contains("\"seq\""),
+        "bpftool shows field names: {dump}"
+    );
+
+    // The window closes for new connections; the established one keeps working.
+    s.wait_event("close", client);
+    assert!(
+        !s.reachable(0, server),
+        "closed again for new connections after open_for"
+    );
+    assert!(
+        ssh_exchange(&mut established),
+        "the connection opened in the window still works"
+    );
+
+    let events = s.events();
+    let steps: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "knock" && e["source"] == client.to_string())
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "events: {events:?}");
+    assert!(
+        events.iter().all(|e| e["source"] != other.to_string()),
+        "the other host caused no event"
+    );
+}
+
+#[test]
+fn knockd_knock_and_nmap_work_as_clients_over_ipv4_and_ipv6() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Setup::new();
+    let (v4, v6) = (s.hosts.server_v4[0], s.hosts.server_v6[0]);
+
+    // knockd's client, IPv6.
+    assert!(!s.reachable(0, v6));
+    let (ok, out) = s.hosts.run_in(
+        s.client(0),
+        &[
+            "knock",
+            "-6",
+            "-d",
+            "100",
+            &v6.to_string(),
+            "7000",
+            "8000:udp",
+            "9000",
+        ],
+    );
+    assert!(ok, "knock failed: {out}");
+    s.wait_event("open", s.hosts.clients[0].v6);
+    assert!(s.reachable(0, v6), "open over IPv6 after knockd's knock");
+    assert!(
+        !s.reachable(0, v4),
+        "the IPv4 address of the same host did not knock"
+    );
+
+    // nmap as the ArchWiki recipe uses it (plus -n: no DNS), IPv4 from the second client.
+    let v4b = s.hosts.server_v4[1];
+    for (port, udp) in [("7000", false), ("8000", true), ("9000", false)] {
+        let mut args = vec![
+            "nmap",
+            "-n",
+            "-Pn",
+            "--host-timeout",
+            "201",
+            "--max-retries",
+            "0",
+            "-p",
+            port,
+        ];
+        if udp {
+            args.push("-sU");
+        }
+        let target = v4b.to_string();
+        args.push(&target);
+        let (ok, out) = s.hosts.run_in(s.client(1), &args);
+        assert!(ok, "nmap failed: {out}");
+    }
+    s.wait_event("open", s.hosts.clients[1].v4);
+    assert!(s.reachable(1, v4b), "open after knocking with nmap");
+
+    // xknock's own client over IPv6, unprivileged path (plain sockets).
+    let v6b = s.hosts.server_v6[1];
+    s.xknock(
+        s.client(1),
+        &["knock", "-6", &v6b.to_string(), "7000", "8000/udp", "9000"],
+    );
+    s.wait_event("open", s.hosts.clients[1].v6);
+    assert!(s.reachable(1, v6b));
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Setup::new();
+    let iface = s.hosts.server_ifaces[0].clone();
+    let server = s.hosts.server.clone();
+    // The run process is the last child started (after sshd).
+    let pid = s.hosts.last_child_pid();
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = s
+        .hosts
+        .wait_last_child(Duration::from_secs(10))
+        .expect("run exits after SIGTERM");
+    assert!(status.success(), "run exit status {status}");
+    let link = s.hosts.run_in(&server, &["ip", "link", "show", "dev", &iface]).1;
+    assert!(!link.contains("xdp"), "program still attached: {link}");
+    assert!(
+        s.reachable(0, s.hosts.server_v4[0]),
+        "without the filter sshd is reachable again"
+    );
+}

@@ -1,0 +1,54 @@
+//! Developer tasks: `cargo xtask build-ebpf`.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xknock developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the XDP object (with BTF) into target/bpfel-unknown-none/release/knock-ebpf.
+    ///
+    /// `cargo build` of the loader does the same through its build script; this is for
+    /// inspecting the object (e.g. `bpftool btf dump file ...`, `llvm-objdump -S ...`).
+    BuildEbpf,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf(),
+    }
+}
+
+fn build_ebpf() -> Result<()> {
+    // The same flags aya-build gives the object built for the loader.
+    let arch = format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH);
+    let rustflags = [arch.as_str(), "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--package",
+            "knock-ebpf",
+            "--bin",
+            "knock-ebpf",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building knock-ebpf failed ({status})");
+    }
+    println!("target/bpfel-unknown-none/release/knock-ebpf");
+    Ok(())
+}
