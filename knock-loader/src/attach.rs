@@ -1,11 +1,19 @@
 //! Loading the XDP program with its maps pinned, and attaching it to interfaces.
 
-use std::{ffi::CString, fs, path::Path};
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use knock_common::map_names;
 
@@ -90,19 +98,66 @@ pub fn attach(xdp: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(XdpLinkId, &
     }
 }
 
-/// Removes the pins `run` made (at a clean shutdown) and the directory if empty.
-pub fn remove_pins(pin_dir: &Path) {
-    for name in [
-        map_names::SEQUENCES,
-        map_names::PORT_RULES,
-        map_names::SETTINGS,
-        map_names::PROGRESS,
-        map_names::AUTHORIZED,
-        map_names::FLOWS,
-        map_names::COUNTERS,
-        map_names::EVENTS,
-    ] {
-        let _ = fs::remove_file(pin_dir.join(name));
+/// Where the program is pinned.
+pub fn program_pin(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("xknock_prog")
+}
+
+/// Where the link to `iface` is pinned.
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{iface}"))
+}
+
+/// Attaches to `iface` and pins the link, so that filtering goes on if this process
+/// dies. If a link is already pinned there (a `run` that died), the program behind it
+/// is replaced atomically instead: there is no moment without a filter.
+/// Returns the pinned link and how it was attached.
+pub fn attach_pinned(
+    xdp: &mut Xdp,
+    pin_dir: &Path,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(PinnedLink, String)> {
+    let path = link_pin(pin_dir, iface);
+    let (id, how) = if path.exists() {
+        let old = PinnedLink::from_pin(&path)
+            .with_context(|| format!("cannot open the pinned link {}", path.display()))?
+            .unpin()
+            .with_context(|| format!("cannot unpin {}", path.display()))?;
+        let old = XdpLink::try_from(old).with_context(|| format!("{} is not an XDP link", path.display()))?;
+        let id = xdp
+            .attach_to_link(old)
+            .with_context(|| format!("cannot replace the program on {iface}"))?;
+        (id, "replaced the program behind the pinned link".to_owned())
+    } else {
+        let (id, mode) = attach(xdp, iface, mode)?;
+        (id, format!("attached in {mode} mode"))
+    };
+    let link = FdLink::try_from(xdp.take_link(id)?).map_err(|e| {
+        anyhow!("the kernel attached {iface} without a BPF link ({e}); xknock needs Linux 5.9 or newer")
+    })?;
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("cannot pin the link at {}", path.display()))?;
+    Ok((pinned, how))
+}
+
+/// Pins the program (replacing the pin of an earlier `run`'s program).
+pub fn pin_program(xdp: &mut Xdp, pin_dir: &Path) -> Result<()> {
+    let path = program_pin(pin_dir);
+    if path.exists() {
+        fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the old program pin {}", path.display()))?;
     }
-    let _ = fs::remove_dir(pin_dir);
+    xdp.pin(&path)
+        .with_context(|| format!("cannot pin the program at {}", path.display()))
+}
+
+/// Detaches: unpins the links (dropping them detaches the program) and the program.
+/// The maps stay pinned for the next `run`.
+pub fn detach(xdp: &mut Xdp, links: Vec<PinnedLink>) -> Result<()> {
+    for link in links {
+        drop(link.unpin().context("cannot unpin a link")?);
+    }
+    xdp.unpin().context("cannot unpin the program")
 }

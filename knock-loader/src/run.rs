@@ -63,12 +63,20 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
     forward_kernel_logs(&mut ebpf);
 
     let xdp = attach::program(&mut ebpf)?;
+    attach::pin_program(xdp, &config.pin_dir)?;
+    let mut links = Vec::new();
     for iface in &config.interfaces {
-        let (_, mode) = attach::attach(xdp, iface, config.xdp_mode)?;
-        log::info!(
-            "attached to {iface} in {mode} mode; pins in {}",
-            config.pin_dir.display()
-        );
+        match attach::attach_pinned(xdp, &config.pin_dir, iface, config.xdp_mode) {
+            Ok((link, how)) => {
+                log::info!("{iface}: {how}; pins in {}", config.pin_dir.display());
+                links.push(link);
+            }
+            Err(e) => {
+                // Nothing half-applied: undo the interfaces already attached.
+                let _ = attach::detach(xdp, links);
+                return Err(e);
+            }
+        }
     }
 
     let mut events = Events::new(&state)?;
@@ -106,9 +114,8 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    log::info!("detaching; state stays pinned in {}", config.pin_dir.display());
-    drop(ebpf);
-    Ok(())
+    log::info!("detaching; the maps stay pinned in {}", config.pin_dir.display());
+    attach::detach(attach::program(&mut ebpf)?, links)
 }
 
 /// Forwards the program's aya-log lines to env_logger (stderr).

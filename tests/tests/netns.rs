@@ -307,3 +307,109 @@ fn sigterm_detaches_and_exits_zero() {
         "without the filter sshd is reachable again"
     );
 }
+
+#[test]
+fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Setup::new();
+    let server = s.hosts.server_v4[0];
+    let client = s.hosts.clients[0].v4;
+    s.xknock(
+        s.client(0),
+        &["knock", &server.to_string(), "7000", "8000/udp", "9000"],
+    );
+    s.wait_event("open", client);
+    let (mut established, _) = ssh_banner(s.client(0), server, 22).expect("open after the knock");
+    // Half a sequence from the other client, to see progress survive too.
+    let other_server = s.hosts.server_v4[1];
+    s.xknock(s.client(1), &["knock", &other_server.to_string(), "7000"]);
+
+    let prog_id = |s: &Setup| {
+        let link = s
+            .hosts
+            .run_in(
+                &s.hosts.server,
+                &["ip", "link", "show", "dev", &s.hosts.server_ifaces[0]],
+            )
+            .1;
+        link.split("prog/xdp id ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let first_prog = prog_id(&s).expect("program attached");
+    let pid = s.hosts.last_child_pid();
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    s.hosts.wait_last_child(Duration::from_secs(5)).expect("run died");
+    let iface = &s.hosts.server_ifaces[0];
+    let link = s
+        .hosts
+        .run_in(&s.hosts.server, &["ip", "link", "show", "dev", iface])
+        .1;
+    assert!(
+        link.contains("xdp"),
+        "the pinned link keeps the filter attached: {link}"
+    );
+    assert!(!s.reachable(1, other_server), "still filtering with run dead");
+    assert!(
+        ssh_exchange(&mut established),
+        "the authorized connection keeps working"
+    );
+
+    // A new run adopts the pins: same maps, the program swapped behind the same link.
+    let log = s.dir.join("second.log");
+    let out = fs::File::create(&log).expect("log file");
+    let config = s.dir.join("xknock.toml");
+    let pin_dir = s.fs.pin_dir();
+    let bin = xknock_bin();
+    let mut args = vec![
+        bin.to_str().unwrap(),
+        "run",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--pin-dir",
+        pin_dir.to_str().unwrap(),
+    ];
+    let ifaces = s.hosts.server_ifaces.clone();
+    for i in &ifaces {
+        args.extend(["--iface", i.as_str()]);
+    }
+    let srv = s.hosts.server.clone();
+    s.hosts.spawn_in(&srv, &args, Stdio::from(out));
+    s.events = log;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while prog_id(&s).as_ref() == Some(&first_prog) {
+        assert!(
+            Instant::now() < deadline,
+            "the second run did not replace the program"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st: serde_json::Value = serde_json::from_str(&s.xknock(
+        &s.hosts.server,
+        &["status", "--json", "--pin-dir", pin_dir.to_str().unwrap()],
+    ))
+    .expect("status");
+    assert_eq!(
+        st["in_progress"][0]["source"],
+        s.hosts.clients[1].v4.to_string(),
+        "progress survived: {st}"
+    );
+    assert_eq!(st["in_progress"][0]["step"], 1);
+    // The other client finishes the sequence it started before the restart.
+    s.xknock(
+        s.client(1),
+        &["knock", &other_server.to_string(), "8000/udp", "9000"],
+    );
+    s.wait_event("open", s.hosts.clients[1].v4);
+    assert!(
+        s.reachable(1, other_server),
+        "a sequence completes across the restart"
+    );
+    assert!(
+        ssh_exchange(&mut established),
+        "and the first client's connection still works"
+    );
+}
