@@ -2,6 +2,8 @@
 //! verdict, the maps and the events checked. Time is moved with the program's clock
 //! offset, so timeouts are exact and the tests never sleep.
 
+#![allow(clippy::cloned_ref_to_slice_refs, reason = "test frames are cheap to clone")]
+
 use std::{path::Path, time::Duration};
 
 use aya::{

@@ -43,30 +43,36 @@ impl Setup {
         )).expect("write config");
         hosts.start_sshd(&dir);
         let events = dir.join("events.jsonl");
-        let out = fs::File::create(&events).expect("events file");
-        let server = hosts.server.clone();
-        let mut args = vec![
-            xknock_bin().to_str().expect("utf-8").to_owned(),
-            "run".into(),
-            "--json".into(),
-            "--config".into(),
-            config.to_str().expect("utf-8").into(),
-            "--pin-dir".into(),
-            fs.pin_dir().to_str().expect("utf-8").into(),
-        ];
-        for iface in &hosts.server_ifaces {
-            args.extend(["--iface".into(), iface.clone()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        hosts.spawn_in(&server, &args, Stdio::from(out));
-        let setup = Setup {
+        let mut setup = Setup {
             hosts,
             fs,
             dir,
             events,
         };
+        setup.start_run("events.jsonl");
         setup.wait_attached();
         setup
+    }
+
+    /// Starts `xknock run --json` on every server interface, its events going to
+    /// `file` in the test's directory (which becomes the file `events()` reads).
+    fn start_run(&mut self, file: &str) {
+        self.events = self.dir.join(file);
+        let out = fs::File::create(&self.events).expect("events file");
+        let (bin, config, pin_dir) = (xknock_bin(), self.dir.join("xknock.toml"), self.fs.pin_dir());
+        let mut args = vec![bin.to_str().expect("utf-8"), "run", "--json"];
+        args.extend([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--pin-dir",
+            pin_dir.to_str().expect("utf-8"),
+        ]);
+        let ifaces = self.hosts.server_ifaces.clone();
+        for iface in &ifaces {
+            args.extend(["--iface", iface.as_str()]);
+        }
+        let server = self.hosts.server.clone();
+        self.hosts.spawn_in(&server, &args, Stdio::from(out));
     }
 
     fn wait_attached(&self) {
@@ -358,27 +364,8 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
     );
 
     // A new run adopts the pins: same maps, the program swapped behind the same link.
-    let log = s.dir.join("second.log");
-    let out = fs::File::create(&log).expect("log file");
-    let config = s.dir.join("xknock.toml");
+    s.start_run("second.jsonl");
     let pin_dir = s.fs.pin_dir();
-    let bin = xknock_bin();
-    let mut args = vec![
-        bin.to_str().unwrap(),
-        "run",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-        "--pin-dir",
-        pin_dir.to_str().unwrap(),
-    ];
-    let ifaces = s.hosts.server_ifaces.clone();
-    for i in &ifaces {
-        args.extend(["--iface", i.as_str()]);
-    }
-    let srv = s.hosts.server.clone();
-    s.hosts.spawn_in(&srv, &args, Stdio::from(out));
-    s.events = log;
     let deadline = Instant::now() + Duration::from_secs(20);
     while prog_id(&s).as_ref() == Some(&first_prog) {
         assert!(
