@@ -3,6 +3,7 @@
 //! run and removed on drop, also when the test panics.
 
 pub mod frame;
+pub mod harness;
 pub mod netns;
 
 use std::{

@@ -1,0 +1,157 @@
+//! A harness for the XDP program under `BPF_PROG_TEST_RUN`: the program loaded with
+//! its maps pinned in a private bpffs, a test configuration applied, frames run one at
+//! a time, and time moved through the program's clock offset instead of sleeping.
+
+use std::{path::Path, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use knock_common::{Counter, Event, EventKind};
+use xknock::{attach, config::Config, maps::State};
+
+use crate::{BpfFs, frame::Frame};
+
+pub const PASS: u32 = 2;
+pub const DROP: u32 = 1;
+
+pub const CONFIG: &str = r#"
+[[sequence]]
+name = "ssh"
+knocks = ["7000/tcp", "8000/udp", "9000/tcp"]
+protect = ["22/tcp"]
+open_for = "30s"
+step_timeout = "5s"
+sequence_timeout = "8s"
+idle_timeout = "60s"
+
+[[sequence]]
+name = "web"
+knocks = ["7100/udp", "7200/udp"]
+protect = ["8080/tcp", "5353/udp"]
+strict = true
+keep_established = false
+"#;
+
+pub const SSH: u8 = 0;
+pub const WEB: u8 = 1;
+pub const A: &str = "198.18.0.10";
+pub const B: &str = "198.18.0.11";
+pub const A6: &str = "fd00::10";
+
+pub struct Harness {
+    ebpf: Ebpf,
+    pub state: State,
+    events: RingBuf<MapData>,
+    offset: Duration,
+    // Last: unmounted after the program and maps are closed.
+    _fs: BpfFs,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Self::with_config(CONFIG)
+    }
+
+    pub fn with_config(toml: &str) -> Harness {
+        let fs = BpfFs::new();
+        let config = Config::parse(Path::new("test.toml"), toml).expect("test config is valid");
+        let mut ebpf = attach::load(&fs.pin_dir()).expect("load the XDP program");
+        let mut state = State::from_ebpf(&mut ebpf).expect("maps");
+        state.apply(&config).expect("apply config");
+        let events = ebpf
+            .take_map("XK_EVENTS")
+            .expect("events map")
+            .try_into()
+            .expect("ring buffer");
+        Harness {
+            ebpf,
+            state,
+            events,
+            offset: Duration::ZERO,
+            _fs: fs,
+        }
+    }
+
+    pub fn run(&self, bytes: &[u8]) -> u32 {
+        let prog: &Xdp = self
+            .ebpf
+            .program("xknock")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        let opts = TestRunOptions {
+            data_in: Some(bytes),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    pub fn send(&self, frame: &Frame) -> u32 {
+        self.run(&frame.build())
+    }
+
+    /// Sends each frame and asserts it was dropped (knocks always are).
+    pub fn knock(&self, frames: &[Frame]) {
+        for f in frames {
+            assert_eq!(self.send(f), DROP, "knock {f:?} must be dropped");
+        }
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.offset += d;
+        self.state
+            .set_clock_offset(self.offset)
+            .expect("set clock offset");
+    }
+
+    pub fn step(&self, src: &str, seq: u8) -> Option<u8> {
+        let key = xknock::maps::source_key(src.parse().expect("addr"), seq);
+        self.state.progress.get(&key, 0).ok().map(|p| p.step)
+    }
+
+    pub fn authorized(&self, src: &str, seq: u8) -> bool {
+        let key = xknock::maps::source_key(src.parse().expect("addr"), seq);
+        let now = self.state.now_ns().expect("clock");
+        self.state
+            .authorized
+            .get(&key, 0)
+            .is_ok_and(|a| a.expires_ns > now)
+    }
+
+    pub fn events(&mut self) -> Vec<Event> {
+        let mut out = vec![];
+        while let Some(item) = self.events.next() {
+            out.push(*bytemuck::from_bytes::<Event>(&item));
+        }
+        out
+    }
+
+    pub fn kinds(&mut self) -> Vec<(EventKind, u8, u8)> {
+        self.events()
+            .iter()
+            .map(|e| (EventKind::from_u8(e.kind).expect("kind"), e.seq, e.step))
+            .collect()
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.state.counter(c).expect("counter")
+    }
+}
+
+/// The three knocks of the test config's ssh sequence.
+pub fn ssh_knocks(src: &str) -> [Frame; 3] {
+    [
+        Frame::syn(src, 7000),
+        Frame::udp(src, 8000),
+        Frame::syn(src, 9000),
+    ]
+}
