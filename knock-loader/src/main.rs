@@ -25,8 +25,11 @@ struct Cli {
 enum Command {
     /// Load and attach the filter, print events until SIGINT/SIGTERM, then detach.
     ///
-    /// Maps stay pinned under the pin directory after exit, so a new `run` keeps the
-    /// authorizations and progress of the last one; remove the directory to forget them.
+    /// Needs root (CAP_BPF and CAP_NET_ADMIN). The program, its link to each interface
+    /// and its maps are pinned under the pin directory: if `run` dies, filtering goes
+    /// on, and the next `run` adopts the pinned state (authorizations, progress) and
+    /// swaps its program in without a gap. SIGINT/SIGTERM detach; the maps stay pinned
+    /// for the next `run` (remove the directory to forget them).
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -34,7 +37,8 @@ enum Command {
         /// Interface to attach to (repeatable); overrides `interface` in the config.
         #[arg(long = "iface", short)]
         ifaces: Vec<String>,
-        /// Where maps are pinned; overrides `pin_dir` in the config.
+        /// Where maps are pinned (on bpffs); overrides `pin_dir` in the config
+        /// [default: /sys/fs/bpf/xknock].
         #[arg(long)]
         pin_dir: Option<PathBuf>,
         /// Attach mode; overrides `xdp_mode` in the config.
@@ -46,6 +50,7 @@ enum Command {
     },
     /// Show sequences, sources in progress, authorized sources and counters.
     Status {
+        /// Where `run` pinned the maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// Print one JSON object.
@@ -54,6 +59,7 @@ enum Command {
     },
     /// Authorize ADDR for a sequence as if it had knocked.
     Allow {
+        /// The source address (IPv4 or IPv6).
         addr: IpAddr,
         /// The sequence whose protected ports open.
         #[arg(long)]
@@ -61,14 +67,17 @@ enum Command {
         /// How long (default: the sequence's open_for), e.g. 30s, 5m.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Where `run` pinned the maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Remove ADDR's authorizations (all, or one sequence's) and its kept connections.
     Revoke {
+        /// The source address (IPv4 or IPv6).
         addr: IpAddr,
         #[arg(long)]
         sequence: Option<String>,
+        /// Where `run` pinned the maps.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
@@ -81,6 +90,7 @@ enum Command {
     ///
     /// Example: xknock knock server.example 7000 8000/udp 9000
     Knock {
+        /// The server's name or address.
         host: String,
         /// PORT, PORT/tcp or PORT/udp (tcp when no protocol is given).
         #[arg(required = true, value_parser = parse_knock)]
