@@ -400,3 +400,54 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
         "and the first client's connection still works"
     );
 }
+
+#[test]
+fn allow_and_revoke_from_a_second_shell() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Setup::new();
+    let server = s.hosts.server_v6[0];
+    let client = s.hosts.clients[0].v6;
+    let pin_dir = s.fs.pin_dir();
+    let pin = pin_dir.to_str().unwrap();
+    assert!(!s.reachable(0, server));
+    let out = s.xknock(
+        &s.hosts.server,
+        &[
+            "allow",
+            &client.to_string(),
+            "--sequence",
+            "ssh",
+            "--for",
+            "1m",
+            "--pin-dir",
+            pin,
+        ],
+    );
+    assert!(out.contains("may connect"), "{out}");
+    assert!(s.reachable(0, server), "allowed without knocking");
+    let open = s.wait_event("open", client);
+    assert_eq!(open["reason"], "allow", "{open}");
+    s.xknock(
+        &s.hosts.server,
+        &["revoke", &client.to_string(), "--pin-dir", pin],
+    );
+    assert!(!s.reachable(0, server), "closed again after revoke");
+    let close = s.wait_event("close", client);
+    assert_eq!(close["reason"], "revoked", "{close}");
+    let (ok, err) = s.hosts.run_in(
+        &s.hosts.server,
+        &[
+            xknock_bin().to_str().unwrap(),
+            "allow",
+            "fd00::9",
+            "--sequence",
+            "nope",
+            "--pin-dir",
+            pin,
+        ],
+    );
+    assert!(
+        !ok && err.contains("no sequence named \"nope\"; configured: ssh"),
+        "{err}"
+    );
+}
