@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_UDP, PortRule, SEQ_KEEP_ESTABLISHED,
-    Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
+    Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP, PortRule,
+    SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
 };
 use maps::{XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES, XK_SETTINGS};
 use parse::{Packet, Parsed};
@@ -38,10 +38,16 @@ pub fn xknock(ctx: XdpContext) -> u32 {
     action
 }
 
-/// A packet that may open something: a UDP datagram or a TCP SYN without ACK.
+/// A TCP SYN without ACK: the first packet of a new connection.
+#[inline(always)]
+fn is_syn(packet: &Packet) -> bool {
+    packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// A packet that may open something: a UDP datagram or a TCP SYN.
 #[inline(always)]
 fn opens_connection(packet: &Packet) -> bool {
-    packet.proto == PROTO_UDP || packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    packet.proto == PROTO_UDP || is_syn(packet)
 }
 
 #[inline(always)]
@@ -83,8 +89,9 @@ fn guard(packet: &Packet, protect_mask: u8, now: u64) -> (u32, Counter) {
     };
     // A TCP SYN is a new connection and needs an authorization; anything else may
     // belong to a connection opened while the source was authorized.
-    let is_syn = packet.proto != PROTO_UDP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if !is_syn && let Some(flow) = XK_FLOWS.get_ptr_mut(&flow_key) {
+    if !is_syn(packet)
+        && let Some(flow) = XK_FLOWS.get_ptr_mut(&flow_key)
+    {
         // SAFETY: the pointer is to a map value; concurrent refreshes only race on
         // which of two current times is stored.
         let flow = unsafe { &mut *flow };
