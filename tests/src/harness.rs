@@ -135,6 +135,14 @@ impl Harness {
         out
     }
 
+    /// The reason of the first reset among the pending events.
+    pub fn reset_reason(&mut self) -> Option<u8> {
+        self.events()
+            .into_iter()
+            .find(|e| e.kind == EventKind::Reset as u8)
+            .map(|e| e.reason)
+    }
+
     pub fn kinds(&mut self) -> Vec<(EventKind, u8, u8)> {
         self.events()
             .iter()

@@ -111,12 +111,7 @@ fn step_timeout_and_sequence_timeout_forget_progress() {
     h.advance(Duration::from_millis(5100));
     h.knock(&[k2.clone()]);
     assert_eq!(h.step(A, SSH), None, "a gap past step_timeout (5s)");
-    let reset = h
-        .events()
-        .into_iter()
-        .find(|e| e.kind == EventKind::Reset as u8)
-        .expect("reset");
-    assert_eq!(reset.reason, ResetReason::Timeout as u8);
+    assert_eq!(h.reset_reason(), Some(ResetReason::Timeout as u8));
 
     // Each gap within step_timeout, but all together past sequence_timeout (8s).
     h.knock(&[k1.clone()]);
@@ -211,12 +206,7 @@ fn strict_mode_resets_on_any_other_syn_or_datagram() {
         "the unrelated SYN itself passes"
     );
     assert_eq!(h.step(A, WEB), None);
-    let reset = h
-        .events()
-        .into_iter()
-        .find(|e| e.kind == EventKind::Reset as u8)
-        .expect("reset");
-    assert_eq!(reset.reason, ResetReason::Strict as u8);
+    assert_eq!(h.reset_reason(), Some(ResetReason::Strict as u8));
     // A non-SYN packet does not reset, and another source's SYN does not either.
     h.knock(&[Frame::udp(A, 7100)]);
     assert_eq!(h.send(&Frame::syn(A, 80).flags(ACK)), PASS);

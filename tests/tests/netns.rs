@@ -117,6 +117,16 @@ impl Setup {
             .collect()
     }
 
+    /// `xknock status --json`, run from the server's namespace.
+    fn status(&self) -> serde_json::Value {
+        let pin_dir = self.fs.pin_dir();
+        let out = self.xknock(
+            &self.hosts.server,
+            &["status", "--json", "--pin-dir", pin_dir.to_str().expect("utf-8")],
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+    }
+
     fn wait_event(&self, event: &str, source: IpAddr) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -171,11 +181,7 @@ fn sshd_opens_only_after_the_knock_and_only_for_the_knocker() {
 
     // status and bpftool read the pinned maps while run is running.
     let pin_dir = s.fs.pin_dir();
-    let status: serde_json::Value = serde_json::from_str(&s.xknock(
-        &s.hosts.server,
-        &["status", "--json", "--pin-dir", pin_dir.to_str().unwrap()],
-    ))
-    .expect("status JSON");
+    let status: serde_json::Value = s.status();
     assert_eq!(
         status["authorized"][0]["source"],
         client.to_string(),
@@ -365,7 +371,6 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
 
     // A new run adopts the pins: same maps, the program swapped behind the same link.
     s.start_run("second.jsonl");
-    let pin_dir = s.fs.pin_dir();
     let deadline = Instant::now() + Duration::from_secs(20);
     while prog_id(&s).as_ref() == Some(&first_prog) {
         assert!(
@@ -374,11 +379,7 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let st: serde_json::Value = serde_json::from_str(&s.xknock(
-        &s.hosts.server,
-        &["status", "--json", "--pin-dir", pin_dir.to_str().unwrap()],
-    ))
-    .expect("status");
+    let st: serde_json::Value = s.status();
     assert_eq!(
         st["in_progress"][0]["source"],
         s.hosts.clients[1].v4.to_string(),
