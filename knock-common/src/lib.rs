@@ -103,8 +103,9 @@ pub struct PortRule {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Settings {
-    /// Added to the kernel's monotonic clock. Zero in service; tests move time with it.
-    pub clock_offset_ns: u64,
+    /// Zero in service: the policy clock is the kernel's monotonic clock. Tests set
+    /// it to drive time themselves: every timeout then reads this value instead.
+    pub test_now_ns: u64,
     /// Bit `s` set: sequence `s` is strict.
     pub strict_mask: u8,
     pub _pad: [u8; 7],

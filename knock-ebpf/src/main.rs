@@ -134,11 +134,14 @@ fn guard(packet: &Packet, protect_mask: u8, now: u64) -> (u32, Counter) {
     (XDP_DROP, Counter::DropProtected)
 }
 
-/// The policy clock: the kernel's monotonic clock plus the settings' offset.
+/// The policy clock: the kernel's monotonic clock, unless a test drives time.
 #[inline(always)]
 fn now_ns(settings: &Settings) -> u64 {
-    // SAFETY: a helper with no arguments.
-    unsafe { bpf_ktime_get_ns() }.wrapping_add(settings.clock_offset_ns)
+    match settings.test_now_ns {
+        // SAFETY: a helper with no arguments.
+        0 => unsafe { bpf_ktime_get_ns() },
+        test_now => test_now,
+    }
 }
 
 #[inline(always)]

@@ -79,13 +79,16 @@ impl State {
 
     /// The policy clock the kernel uses, in ns.
     pub fn now_ns(&self) -> Result<u64> {
-        Ok(clock::monotonic_ns().wrapping_add(self.settings()?.clock_offset_ns))
+        Ok(match self.settings()?.test_now_ns {
+            0 => clock::monotonic_ns(),
+            test_now => test_now,
+        })
     }
 
-    /// Moves the policy clock (tests only: it shifts every timeout at once).
-    pub fn set_clock_offset(&mut self, offset: Duration) -> Result<()> {
+    /// Drives the policy clock by hand (tests only): `Some(t)` freezes it at `t`.
+    pub fn set_test_clock(&mut self, now: Option<Duration>) -> Result<()> {
         let mut s = self.settings()?;
-        s.clock_offset_ns = crate::config::nanos(offset);
+        s.test_now_ns = now.map_or(0, crate::config::nanos);
         self.settings
             .set(0, &s, 0)
             .context("cannot write the settings map")

@@ -1,6 +1,6 @@
 //! A harness for the XDP program under `BPF_PROG_TEST_RUN`: the program loaded with
 //! its maps pinned in a private bpffs, a test configuration applied, frames run one at
-//! a time, and time moved through the program's clock offset instead of sleeping.
+//! a time, and time frozen and moved by hand through the program's test clock.
 
 use std::{path::Path, time::Duration};
 
@@ -41,11 +41,15 @@ pub const A: &str = "198.18.0.10";
 pub const B: &str = "198.18.0.11";
 pub const A6: &str = "fd00::10";
 
+/// Where the frozen clock starts (any nonzero time).
+const START: Duration = Duration::from_secs(1000);
+
 pub struct Harness {
     ebpf: Ebpf,
     pub state: State,
     events: RingBuf<MapData>,
-    offset: Duration,
+    /// The frozen policy clock.
+    now: Duration,
     // Last: unmounted after the program and maps are closed.
     _fs: BpfFs,
 }
@@ -67,6 +71,7 @@ impl Harness {
         let mut ebpf = attach::load(&fs.pin_dir()).expect("load the XDP program");
         let mut state = State::from_ebpf(&mut ebpf).expect("maps");
         state.apply(&config).expect("apply config");
+        state.set_test_clock(Some(START)).expect("freeze the clock");
         let events = ebpf
             .take_map("XK_EVENTS")
             .expect("events map")
@@ -76,7 +81,7 @@ impl Harness {
             ebpf,
             state,
             events,
-            offset: Duration::ZERO,
+            now: START,
             _fs: fs,
         }
     }
@@ -107,10 +112,10 @@ impl Harness {
     }
 
     pub fn advance(&mut self, d: Duration) {
-        self.offset += d;
+        self.now += d;
         self.state
-            .set_clock_offset(self.offset)
-            .expect("set clock offset");
+            .set_test_clock(Some(self.now))
+            .expect("move the test clock");
     }
 
     pub fn step(&self, src: &str, seq: u8) -> Option<u8> {

@@ -1,5 +1,5 @@
 //! The knock state machine through `BPF_PROG_TEST_RUN`: verdicts, the progress and
-//! authorization maps, and the events, with time moved by the clock offset.
+//! authorization maps, and the events, with time moved by hand.
 
 #![allow(clippy::cloned_ref_to_slice_refs, reason = "test frames are cheap to clone")]
 
