@@ -139,7 +139,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
         return Err(Unparsed);
     }
     let mut offset = offset + Ipv6Hdr::LEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    // One pass per extension header, plus the one that reaches the L4 header.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let len = match next {
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6:
             // length in 8-octet units, not counting the first.

@@ -111,6 +111,11 @@ impl Harness {
         }
     }
 
+    /// The frozen clock, in ns.
+    pub fn now_ns(&self) -> u64 {
+        self.now.as_nanos() as u64
+    }
+
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
         self.state

@@ -3,7 +3,9 @@
 //! run and removed on drop, also when the test panics.
 
 pub mod frame;
+pub mod fuzz;
 pub mod harness;
+pub mod model;
 pub mod netns;
 
 use std::{
@@ -11,6 +13,11 @@ use std::{
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
+
+/// The kernel's 16-byte form of an address written as text.
+pub fn mapped(addr: &str) -> [u8; 16] {
+    xknock::maps::mapped(addr.parse().expect("an IP address"))
+}
 
 /// A name unique to this process and call: `xk<pid>-<n>` (short, for interface names).
 pub fn unique(prefix: &str) -> String {

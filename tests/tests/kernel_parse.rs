@@ -75,6 +75,30 @@ fn fixture_table_for_a_source_that_never_knocked() {
         (
             Frame::syn(A6, 80)
                 .ext(0)
+                .ext(43)
+                .ext(60)
+                .ext(44)
+                .ext(51)
+                .ext(60)
+                .build(),
+            "IPv6 six extension headers (the most followed), unrelated",
+            PASS,
+        ),
+        (
+            Frame::syn(A6, 22)
+                .ext(0)
+                .ext(43)
+                .ext(60)
+                .ext(44)
+                .ext(51)
+                .ext(60)
+                .build(),
+            "IPv6 six extension headers, protected",
+            DROP,
+        ),
+        (
+            Frame::syn(A6, 80)
+                .ext(0)
                 .ext(60)
                 .ext(60)
                 .ext(60)

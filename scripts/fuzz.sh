@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# A long differential fuzzing run: the XDP program (BPF_PROG_TEST_RUN) against the
+# reference model (tests/src/model.rs). Needs root.
+#   ./scripts/fuzz.sh [FRAMES] [SEED]      defaults: 50 million frames, a random seed
+# A failure prints the frame (hex) and the seed; add the frame to REGRESSIONS in
+# tests/tests/fuzz.rs once fixed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "fuzz.sh: loads XDP programs; run as root" >&2
+  exit 1
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+./scripts/bootstrap.sh
+export XKNOCK_FUZZ_FRAMES=${1:-50000000}
+export XKNOCK_FUZZ_SEED=${2:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+echo "fuzz.sh: $XKNOCK_FUZZ_FRAMES frames, seed $XKNOCK_FUZZ_SEED"
+cargo test --release --locked -p xknock-tests --test fuzz -- --nocapture

@@ -1,0 +1,116 @@
+//! Seeded, structure-aware frames for the differential fuzzer: mostly well-formed
+//! frames aimed at the configured ports (often the next knock a source needs, so that
+//! sources really get authorized), with VLAN stacks, IPv4 options, IPv6 extension
+//! chains, fragments and odd TCP flags, then a share of them truncated, bit-flipped
+//! or given lying length fields.
+
+use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
+use xknock::config::Knock;
+
+use crate::{frame::Frame, model::Model};
+
+pub const SOURCES: [&str; 8] = [
+    "198.18.7.1",
+    "198.18.7.2",
+    "198.18.7.3",
+    "198.18.7.4",
+    "fd00:7::1",
+    "fd00:7::2",
+    "fd00:7::3",
+    "fd00:7::4",
+];
+
+const FLAGS: [u8; 10] = [0x02, 0x02, 0x02, 0x12, 0x10, 0x18, 0x01, 0x04, 0x11, 0x03];
+const TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+const EXT: [u8; 7] = [0, 43, 60, 44, 51, 135, 59];
+
+pub struct Gen {
+    rng: SmallRng,
+}
+
+impl Gen {
+    pub fn new(seed: u64) -> Gen {
+        Gen {
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.rng.random_bool(p)
+    }
+
+    pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        *from.choose(&mut self.rng).expect("non-empty")
+    }
+
+    /// One frame from one of `SOURCES`.
+    pub fn frame(&mut self, model: &Model, now: u64) -> Vec<u8> {
+        let src = self.pick(&SOURCES);
+        let mapped = crate::mapped(src);
+        let seqs = model.sequences();
+        let seq = &seqs[self.rng.random_range(0..seqs.len())];
+        let target: Knock = match self.rng.random_range(0..100) {
+            0..40 => model.next_knock(mapped, self.rng.random_range(0..seqs.len()), now),
+            40..55 => self.pick(&seq.knocks),
+            55..80 => self.pick(&seq.protect),
+            80..90 => Knock {
+                port: self.pick(&[80, 53, 443]),
+                proto: self.pick(&[6, 17]),
+            },
+            _ => Knock {
+                port: self.rng.random(),
+                proto: self.pick(&[6, 17, 1, 58, 132]),
+            },
+        };
+        let mut f = match target.proto {
+            6 => Frame::syn(src, target.port).flags(if self.chance(0.7) { 0x02 } else { self.pick(&FLAGS) }),
+            17 => Frame::udp(src, target.port),
+            other => Frame::other(src, other),
+        };
+        f = f.sport(40000 + self.rng.random_range(0..3));
+        if self.chance(0.05) {
+            f = f.flags(self.rng.random());
+        }
+        if self.chance(0.15) {
+            for _ in 0..self.rng.random_range(1..=3) {
+                f = f.vlan(self.pick(&TPIDS));
+            }
+        }
+        if f.src.is_ipv4() && self.chance(0.1) {
+            f = f.ipv4_options(self.rng.random_range(1..=10));
+        }
+        if f.src.is_ipv6() && self.chance(0.15) {
+            for _ in 0..self.rng.random_range(1..=8) {
+                f = f.ext(self.pick(&EXT));
+            }
+        }
+        if self.chance(0.08) {
+            f = f.fragment(self.pick(&[0, 0, 1, 2, 185]), self.chance(0.5));
+        }
+        if self.chance(0.04) {
+            f = f.l4_bytes(self.rng.random_range(0..20));
+        }
+        let mut bytes = f.build();
+        self.mutate(&mut bytes);
+        bytes
+    }
+
+    fn mutate(&mut self, bytes: &mut Vec<u8>) {
+        if self.chance(0.06) {
+            let len = self.rng.random_range(14..=bytes.len());
+            bytes.truncate(len);
+        }
+        if self.chance(0.04) {
+            let at = self.rng.random_range(12..bytes.len());
+            bytes[at] = self.rng.random();
+        }
+        if self.chance(0.03) {
+            // Lying lengths: IPv4 total length or IPv6 payload length (same offsets
+            // past the EtherType+2 for either family, near enough to hit both).
+            let at = self.pick(&[16usize, 17, 18, 19, 20, 21]);
+            if at < bytes.len() {
+                bytes[at] = self.rng.random();
+            }
+        }
+    }
+}

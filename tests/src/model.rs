@@ -1,0 +1,343 @@
+//! A reference model of the filter in plain Rust, written from SPEC.md and the
+//! README's safety rules rather than from the kernel code: given the configuration,
+//! its own state and a frame, it says what the verdict must be. The differential
+//! fuzzer runs it side by side with the XDP program.
+
+use std::collections::HashMap;
+
+use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use xknock::config::{Config, Knock, Sequence};
+
+pub const PASS: u32 = 2;
+pub const DROP: u32 = 1;
+
+/// What the headers say, as far as they can be followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IP, or neither TCP nor UDP.
+    Other,
+    /// A fragment past offset 1.
+    LaterFragment,
+    /// A fragment at offset 1.
+    OffsetOneFragment,
+    /// Headers that could not be followed safely.
+    Unparsed,
+    Transport {
+        src: [u8; 16],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        flags: u8,
+    },
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+pub fn parse(f: &[u8]) -> Parsed {
+    parse_checked(f).unwrap_or(Parsed::Unparsed)
+}
+
+fn parse_checked(f: &[u8]) -> Option<Parsed> {
+    let mut ether_type = be16(f, 12)?;
+    let mut off = 14;
+    let is_vlan = |t| matches!(t, 0x8100 | 0x88a8 | 0x9100);
+    for _ in 0..2 {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        ether_type = be16(f, off + 2)?;
+        off += 4;
+    }
+    if is_vlan(ether_type) {
+        return None;
+    }
+    match ether_type {
+        0x0800 => {
+            let ip = f.get(off..off + 20)?;
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(be16(ip, 2)?);
+            if ip[0] >> 4 != 4 || header_len < 20 || total < header_len {
+                return None;
+            }
+            let mut src = [0u8; 16];
+            src[10..12].copy_from_slice(&[0xff, 0xff]);
+            src[12..].copy_from_slice(&ip[12..16]);
+            let frag = be16(ip, 6)? & 0x1fff;
+            transport(f, off + header_len, total - header_len, ip[9], frag, src)
+        }
+        0x86dd => {
+            let ip = f.get(off..off + 40)?;
+            if ip[0] >> 4 != 6 {
+                return None;
+            }
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let mut remaining = usize::from(be16(ip, 4)?);
+            let mut next = ip[6];
+            off += 40;
+            for _ in 0..=6 {
+                let len = match next {
+                    0 | 43 | 60 | 135 | 139 | 140 => {
+                        let h = f.get(off..off + 2)?;
+                        next = h[0];
+                        (usize::from(h[1]) + 1) * 8
+                    }
+                    51 => {
+                        let h = f.get(off..off + 2)?;
+                        next = h[0];
+                        (usize::from(h[1]) + 2) * 4
+                    }
+                    44 => {
+                        let h = f.get(off..off + 8)?;
+                        let frag = be16(h, 2)? >> 3;
+                        if frag != 0 {
+                            return Some(fragment(frag));
+                        }
+                        next = h[0];
+                        8
+                    }
+                    proto => return transport(f, off, remaining, proto, 0, src),
+                };
+                remaining = remaining.checked_sub(len)?;
+                off += len;
+            }
+            None
+        }
+        _ => Some(Parsed::Other),
+    }
+}
+
+fn fragment(offset: u16) -> Parsed {
+    if offset == 1 {
+        Parsed::OffsetOneFragment
+    } else {
+        Parsed::LaterFragment
+    }
+}
+
+fn transport(f: &[u8], off: usize, len: usize, proto: u8, frag: u16, src: [u8; 16]) -> Option<Parsed> {
+    if frag != 0 {
+        return Some(fragment(frag));
+    }
+    let header = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return Some(Parsed::Other),
+    };
+    if len < header {
+        return None;
+    }
+    let h = f.get(off..off + header)?;
+    if proto == PROTO_TCP && h[12] >> 4 < 5 {
+        return None;
+    }
+    let flags = if proto == PROTO_TCP { h[13] } else { 0 };
+    Some(Parsed::Transport {
+        src,
+        sport: be16(h, 0)?,
+        dport: be16(h, 2)?,
+        proto,
+        flags,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub step: usize,
+    pub first: u64,
+    pub last: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    src: [u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+/// The model's state: the same three tables as the kernel's maps.
+pub struct Model {
+    seqs: Vec<Sequence>,
+    pub progress: HashMap<([u8; 16], u8), Progress>,
+    pub auth: HashMap<([u8; 16], u8), u64>,
+    /// Completed sequences so far.
+    pub opens: u64,
+    flows: HashMap<FlowKey, (u64, u64)>,
+}
+
+const NS: u128 = 1_000_000_000;
+/// The kernel refreshes a kept connection's last-seen time at most once a second.
+const FLOW_REFRESH_NS: u64 = NS as u64;
+
+fn ns(d: std::time::Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+impl Model {
+    pub fn new(config: &Config) -> Model {
+        Model {
+            seqs: config.sequences.clone(),
+            progress: HashMap::new(),
+            auth: HashMap::new(),
+            opens: 0,
+            flows: HashMap::new(),
+        }
+    }
+
+    pub fn sequences(&self) -> &[Sequence] {
+        &self.seqs
+    }
+
+    /// The verdict for `frame` at time `now`, updating the state as the filter must.
+    pub fn verdict(&mut self, frame: &[u8], now: u64) -> u32 {
+        match parse(frame) {
+            Parsed::Other | Parsed::LaterFragment => PASS,
+            Parsed::OffsetOneFragment | Parsed::Unparsed => DROP,
+            Parsed::Transport {
+                src,
+                sport,
+                dport,
+                proto,
+                flags,
+            } => self.decide(src, sport, Knock { port: dport, proto }, flags, now),
+        }
+    }
+
+    /// Whether `src` may open a new connection to `port` now.
+    pub fn authorized_for(&self, src: [u8; 16], port: Knock, now: u64) -> bool {
+        self.seqs.iter().enumerate().any(|(i, s)| {
+            s.protect.contains(&port) && self.auth.get(&(src, i as u8)).is_some_and(|e| now < *e)
+        })
+    }
+
+    /// Whether `src:sport` has a connection to `port` kept from an authorization.
+    pub fn kept(&self, src: [u8; 16], sport: u16, port: Knock, now: u64) -> bool {
+        let key = FlowKey {
+            src,
+            sport,
+            dport: port.port,
+            proto: port.proto,
+        };
+        self.flows
+            .get(&key)
+            .is_some_and(|(last, idle)| now.saturating_sub(*last) <= *idle)
+    }
+
+    fn decide(&mut self, src: [u8; 16], sport: u16, port: Knock, flags: u8, now: u64) -> u32 {
+        let syn = port.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let opens = port.proto == PROTO_UDP || syn;
+        let mut knocked = false;
+        for i in 0..self.seqs.len() {
+            let s = &self.seqs[i];
+            let in_seq = s.knocks.contains(&port);
+            knocked |= in_seq;
+            let counts = in_seq
+                && (port.proto != PROTO_TCP
+                    || (flags & s.tcp_flags_set == s.tcp_flags_set && flags & s.tcp_flags_clear == 0));
+            if counts || (s.strict && opens) {
+                self.step(i, src, port, counts, now);
+            }
+        }
+        if knocked {
+            return DROP;
+        }
+        if !self.seqs.iter().any(|s| s.protect.contains(&port)) {
+            return PASS;
+        }
+        let key = FlowKey {
+            src,
+            sport,
+            dport: port.port,
+            proto: port.proto,
+        };
+        if !syn && let Some((last, idle)) = self.flows.get_mut(&key) {
+            let quiet = now.saturating_sub(*last);
+            if quiet <= *idle {
+                if quiet > FLOW_REFRESH_NS {
+                    *last = now;
+                }
+                return PASS;
+            }
+        }
+        for (i, s) in self.seqs.iter().enumerate() {
+            if s.protect.contains(&port) && self.auth.get(&(src, i as u8)).is_some_and(|e| now < *e) {
+                if s.keep_established {
+                    self.flows.insert(key, (now, ns(s.idle_timeout)));
+                }
+                return PASS;
+            }
+        }
+        DROP
+    }
+
+    /// SPEC.md's sequence rules for one source and sequence.
+    fn step(&mut self, i: usize, src: [u8; 16], port: Knock, is_knock: bool, now: u64) {
+        let s = &self.seqs[i];
+        let key = (src, i as u8);
+        let stored = self.progress.get(&key).copied();
+        let live = stored.filter(|p| {
+            now.saturating_sub(p.last) <= ns(s.step_timeout)
+                && now.saturating_sub(p.first) <= ns(s.sequence_timeout)
+        });
+        let (done, first) = live.map_or((0, now), |p| (p.step, p.first));
+        if !is_knock {
+            self.progress.remove(&key);
+            return;
+        }
+        let (n, open_for) = (s.knocks.len(), ns(s.open_for));
+        let advance = |model: &mut Model, done: usize, first: u64| {
+            if done == n {
+                model.progress.remove(&key);
+                model.auth.insert(key, now.saturating_add(open_for));
+                model.opens += 1;
+            } else {
+                model.progress.insert(
+                    key,
+                    Progress {
+                        step: done,
+                        first,
+                        last: now,
+                    },
+                );
+            }
+        };
+        if s.knocks.get(done) == Some(&port) {
+            advance(self, done + 1, first);
+        } else if done > 0 && s.knocks[done - 1] == port {
+            // A repeat of the knock just accepted.
+        } else if s.knocks[0] == port {
+            advance(self, 1, now);
+        } else {
+            self.progress.remove(&key);
+        }
+    }
+
+    /// The next knock `src` must send to advance sequence `i` (for the fuzzer).
+    pub fn next_knock(&self, src: [u8; 16], i: usize, now: u64) -> Knock {
+        let s = &self.seqs[i];
+        let step = self
+            .progress
+            .get(&(src, i as u8))
+            .filter(|p| {
+                now.saturating_sub(p.last) <= ns(s.step_timeout)
+                    && now.saturating_sub(p.first) <= ns(s.sequence_timeout)
+            })
+            .map_or(0, |p| p.step);
+        s.knocks[step % s.knocks.len()]
+    }
+
+    /// Live entries (not timed out) of the progress table.
+    pub fn live_progress(&self, now: u64) -> HashMap<([u8; 16], u8), usize> {
+        self.progress
+            .iter()
+            .filter(|((_, i), p)| {
+                let s = &self.seqs[usize::from(*i)];
+                now.saturating_sub(p.last) <= ns(s.step_timeout)
+                    && now.saturating_sub(p.first) <= ns(s.sequence_timeout)
+            })
+            .map(|(k, p)| (*k, p.step))
+            .collect()
+    }
+}
