@@ -60,6 +60,9 @@ impl PortProto {
 pub const SEQ_STRICT: u8 = 1;
 /// `SequenceConfig::flags`: connections opened while authorized outlive the window.
 pub const SEQ_KEEP_ESTABLISHED: u8 = 2;
+/// `SequenceConfig::flags`: a knock of the sequence out of order is ignored instead
+/// of resetting progress (spoofed knocks cannot reset a source).
+pub const SEQ_IGNORE_WRONG: u8 = 4;
 
 /// One configured sequence, as the kernel sees it. Written by the loader.
 #[repr(C)]
@@ -106,9 +109,36 @@ pub struct Settings {
     /// Zero in service: the policy clock is the kernel's monotonic clock. Tests set
     /// it to drive time themselves: every timeout then reads this value instead.
     pub test_now_ns: u64,
+    /// Failures (resets) counted within this long...
+    pub ban_window_ns: u64,
+    /// ...ban the source this long...
+    pub ban_for_ns: u64,
+    /// ...once there are more than this many. Zero: no bans.
+    pub ban_failures: u32,
     /// Bit `s` set: sequence `s` is strict.
     pub strict_mask: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+}
+
+/// A source address alone: the key of the ban map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceAddr {
+    pub addr: [u8; 16],
+}
+
+/// A source's failures and ban. Written by the kernel; removed by `xknock unban`
+/// and by `run` when the ban is over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Ban {
+    /// When the current counting window started.
+    pub window_start_ns: u64,
+    /// Banned until this time (0 or past: not banned).
+    pub until_ns: u64,
+    /// Failures in the current window.
+    pub failures: u32,
+    pub _pad: u32,
 }
 
 /// A source address and a sequence index: the key of progress and authorizations.
@@ -178,6 +208,10 @@ pub enum EventKind {
     Close = 4,
     /// A completed sequence could not be authorized: the authorization map is full.
     OpenFailed = 5,
+    /// The source failed too often and is banned (`reason` holds nothing).
+    Ban = 6,
+    /// A ban ended (sent by userspace, never by the kernel).
+    Unban = 7,
 }
 
 impl EventKind {
@@ -188,6 +222,8 @@ impl EventKind {
             3 => Self::Open,
             4 => Self::Close,
             5 => Self::OpenFailed,
+            6 => Self::Ban,
+            7 => Self::Unban,
             _ => return None,
         })
     }
@@ -251,9 +287,11 @@ pub enum Counter {
     EventsLost = 8,
     /// Completed sequences that found the authorization map full.
     AuthFull = 9,
+    /// Knock packets from banned sources (ignored).
+    BannedKnock = 10,
 }
 
-pub const COUNTERS: u32 = 10;
+pub const COUNTERS: u32 = 11;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -267,6 +305,7 @@ impl Counter {
         Counter::DropFragment,
         Counter::EventsLost,
         Counter::AuthFull,
+        Counter::BannedKnock,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -281,6 +320,7 @@ impl Counter {
             Counter::DropFragment => "drop_fragment",
             Counter::EventsLost => "events_lost",
             Counter::AuthFull => "auth_full",
+            Counter::BannedKnock => "banned_knock",
         }
     }
 }
@@ -295,6 +335,7 @@ pub mod map_names {
     pub const FLOWS: &str = "XK_FLOWS";
     pub const COUNTERS: &str = "XK_COUNTERS";
     pub const EVENTS: &str = "XK_EVENTS";
+    pub const BANS: &str = "XK_BANS";
 }
 
 const _: () = {
@@ -302,7 +343,9 @@ const _: () = {
     assert!(size_of::<PortProto>() == 4);
     assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN);
     assert!(size_of::<PortRule>() == 2);
-    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<Settings>() == 32);
+    assert!(size_of::<SourceAddr>() == 16);
+    assert!(size_of::<Ban>() == 24);
     assert!(size_of::<SourceKey>() == 20);
     assert!(size_of::<Progress>() == 24);
     assert!(size_of::<Authorization>() == 16);
@@ -327,4 +370,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for SourceAddr {}
+    unsafe impl aya::Pod for Ban {}
 }

@@ -1,42 +1,251 @@
-//! The knock state machine: one source's progress through one sequence.
+//! The knock state machine: one source's progress through one sequence, and the
+//! failures that get a source banned.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::warn;
 use knock_common::{
-    Authorization, Counter, EventKind, MAX_KNOCKS, MAX_SEQUENCES, PROTO_TCP, PortProto, Progress,
-    ResetReason, SequenceConfig, SourceKey,
+    Authorization, Ban, Counter, Event, EventKind, MAX_KNOCKS, MAX_SEQUENCES, PROTO_TCP, PortProto, Progress,
+    ResetReason, SEQ_IGNORE_WRONG, SequenceConfig, Settings, SourceAddr, SourceKey,
 };
 
 use crate::{
     count, emit, event,
-    maps::{XK_AUTHORIZED, XK_PROGRESS, XK_SEQUENCES},
+    maps::{XK_AUTHORIZED, XK_BANS, XK_PROGRESS, XK_SEQUENCES},
     parse::Packet,
 };
 
-/// Updates the source's progress in every sequence that `packet` concerns: those it is
-/// a knock of (`knock_mask`) and the strict ones that see all its SYNs and datagrams.
+/// What every step of one packet needs.
+pub struct Knocker<'a> {
+    pub packet: &'a Packet,
+    pub settings: &'a Settings,
+    pub now: u64,
+}
+
+/// What `track` hands each round of its loop over the sequences.
+struct Round {
+    packet: Packet,
+    settings: Settings,
+    now: u64,
+    knock_mask: u8,
+    strict_mask: u8,
+}
+
+/// bpf_loop's callback: sequence `index` of one packet. Returns 0 to go on.
+extern "C" fn one_sequence(index: u64, round: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `Round` that `track` gave it.
+    let round = unsafe { &*(round as *const Round) };
+    let knocker = Knocker {
+        packet: &round.packet,
+        settings: &round.settings,
+        now: round.now,
+    };
+    knocker.sequence(index as u8, round.knock_mask, round.strict_mask);
+    0
+}
+
+/// Whether `src` is banned now. Costs nothing while bans are off.
 #[inline(always)]
-pub fn track(ctx: &XdpContext, packet: &Packet, knock_mask: u8, strict_mask: u8, now: u64) {
-    for seq in 0..MAX_SEQUENCES as u8 {
-        let bit = 1u8 << seq;
+pub fn banned(src: &[u8; 16], settings: &Settings, now: u64) -> bool {
+    if settings.ban_failures == 0 {
+        return false;
+    }
+    // SAFETY: the value is read at once.
+    unsafe { XK_BANS.get(&SourceAddr { addr: *src }) }.is_some_and(|b| now < b.until_ns)
+}
+
+impl Knocker<'_> {
+    /// Updates the source's progress in every sequence the packet concerns: those it
+    /// is a knock of (`knock_mask`) and the strict ones, which see all its SYNs and
+    /// datagrams. A banned source's packets change nothing; a packet that costs the
+    /// source its progress in any sequence counts as one failure towards a ban.
+    #[inline(always)]
+    pub fn track(&self, knock_mask: u8, strict_mask: u8) {
+        if banned(&self.packet.src, self.settings, self.now) {
+            if knock_mask != 0 {
+                count(Counter::BannedKnock);
+            }
+            return;
+        }
+        let mut round = Round {
+            packet: *self.packet,
+            settings: *self.settings,
+            now: self.now,
+            knock_mask,
+            strict_mask,
+        };
+        // bpf_loop, not a Rust loop: the verifier checks the callback once, where an
+        // unrolled loop would be checked once per sequence and per path into it.
+        // SAFETY: the callback has bpf_loop's signature and reads `round` only.
+        unsafe {
+            bpf_loop(
+                MAX_SEQUENCES as u32,
+                one_sequence as *mut c_void,
+                (&raw mut round).cast(),
+                0,
+            );
+        }
+    }
+
+    /// Sequence `seq`'s part of `track`.
+    #[inline(always)]
+    fn sequence(&self, seq: u8, knock_mask: u8, strict_mask: u8) {
+        let bit = 1u8 << (seq & 7);
         if (knock_mask | strict_mask) & bit == 0 {
-            continue;
+            return;
         }
         let Some(config) = XK_SEQUENCES.get(seq as u32) else {
-            continue;
+            return;
         };
-        let is_knock = knock_mask & bit != 0 && flags_match(config, packet);
+        let is_knock = knock_mask & bit != 0 && self.flags_match(config);
         if is_knock || strict_mask & bit != 0 {
-            step(ctx, seq, config, packet, is_knock, now);
+            self.step(seq, config, is_knock);
+        }
+    }
+
+    #[inline(always)]
+    fn flags_match(&self, config: &SequenceConfig) -> bool {
+        let flags = self.packet.tcp_flags;
+        self.packet.proto != PROTO_TCP
+            || (flags & config.tcp_flags_set == config.tcp_flags_set && flags & config.tcp_flags_clear == 0)
+    }
+
+    #[inline(always)]
+    fn step(&self, seq: u8, config: &SequenceConfig, is_knock: bool) {
+        let key = SourceKey {
+            addr: self.packet.src,
+            seq,
+            _pad: [0; 3],
+        };
+        let now = self.now;
+        // Steps accepted so far that still count, and when the first of them came.
+        let mut done = 0u8;
+        let mut first_ns = now;
+        // SAFETY: the value is copied out before the map is changed.
+        let stored = unsafe { XK_PROGRESS.get(&key) }.copied();
+        if let Some(progress) = stored {
+            let stale = now.saturating_sub(progress.last_ns) > config.step_timeout_ns
+                || now.saturating_sub(progress.first_ns) > config.sequence_timeout_ns;
+            if stale {
+                self.reset(&key, config, progress.step, ResetReason::Timeout);
+            } else {
+                done = progress.step;
+                first_ns = progress.first_ns;
+            }
+        }
+
+        if !is_knock {
+            // Strict mode: some other SYN or datagram from this source.
+            if stored.is_some() {
+                let _ = XK_PROGRESS.remove(&key);
+                if done > 0 {
+                    self.reset(&key, config, done, ResetReason::Strict);
+                }
+            }
+            return;
+        }
+
+        let this = Some(PortProto::new(self.packet.dst_port, self.packet.proto));
+        if knock_at(config, done) == this {
+            self.advance(&key, config, done + 1, first_ns);
+        } else if done > 0 && knock_at(config, done - 1) == this {
+            // A retransmitted or duplicated copy of the knock just accepted.
+        } else if done > 0 && config.flags & SEQ_IGNORE_WRONG != 0 {
+            // Out of order, but progress stands: a spoofed knock cannot reset it.
+        } else {
+            if done > 0 {
+                self.reset(&key, config, done, ResetReason::Wrong);
+            }
+            if knock_at(config, 0) == this {
+                self.advance(&key, config, 1, now);
+            } else if stored.is_some() {
+                let _ = XK_PROGRESS.remove(&key);
+            }
+        }
+    }
+
+    /// Records `done` accepted steps; the last one authorizes the source.
+    #[inline(always)]
+    fn advance(&self, key: &SourceKey, config: &SequenceConfig, done: u8, first_ns: u64) {
+        let now = self.now;
+        let mut knock = event(EventKind::Knock, key, self.packet, now);
+        knock.step = done;
+        knock.of = config.n_knocks;
+        emit(&knock);
+        if done < config.n_knocks {
+            let progress = Progress {
+                first_ns,
+                last_ns: now,
+                step: done,
+                _pad: [0; 7],
+            };
+            // An LRU insert only fails if the kernel cannot allocate; the source then
+            // simply starts over.
+            let _ = XK_PROGRESS.insert(key, &progress, 0);
+            return;
+        }
+        let _ = XK_PROGRESS.remove(key);
+        let open = event(EventKind::Open, key, self.packet, now);
+        authorize(key, &open, config.open_for_ns);
+    }
+
+    /// Progress lost: an event, and a failure towards a ban.
+    #[inline(always)]
+    fn reset(&self, key: &SourceKey, config: &SequenceConfig, step: u8, reason: ResetReason) {
+        let mut ev = event(EventKind::Reset, key, self.packet, self.now);
+        ev.step = step;
+        ev.of = config.n_knocks;
+        ev.reason = reason as u8;
+        emit(&ev);
+        if self.settings.ban_failures != 0 {
+            fail(&self.packet.src, self.settings, self.now);
         }
     }
 }
 
-#[inline(always)]
-fn flags_match(config: &SequenceConfig, packet: &Packet) -> bool {
-    packet.proto != PROTO_TCP
-        || (packet.tcp_flags & config.tcp_flags_set == config.tcp_flags_set
-            && packet.tcp_flags & config.tcp_flags_clear == 0)
+/// Counts a failure; more than `ban_failures` within `ban_window` bans the source.
+/// Kept out of line: the verifier then sees one call per reset, not its branches.
+#[inline(never)]
+fn fail(src: &[u8; 16], s: &Settings, now: u64) {
+    let addr = SourceAddr { addr: *src };
+    // SAFETY: the value is copied out before the map is changed.
+    let mut ban: Ban = unsafe { XK_BANS.get(&addr) }.copied().unwrap_or_default();
+    if now.saturating_sub(ban.window_start_ns) > s.ban_window_ns {
+        ban.window_start_ns = now;
+        ban.failures = 0;
+    }
+    ban.failures += 1;
+    if ban.failures > s.ban_failures {
+        ban.until_ns = now.saturating_add(s.ban_for_ns);
+        ban.failures = 0;
+        ban.window_start_ns = now;
+        emit(&Event {
+            ts_ns: now,
+            addr: *src,
+            kind: EventKind::Ban as u8,
+            ..Event::default()
+        });
+    }
+    // A full LRU evicts the oldest record; nothing to handle.
+    let _ = XK_BANS.insert(&addr, &ban, 0);
+}
+
+/// Authorizes `key` for `open_for_ns` and reports it with `open` (or, if the map is
+/// full, reports that: existing authorizations are kept, this one is refused loudly).
+/// Out of line, like `fail`.
+#[inline(never)]
+fn authorize(key: &SourceKey, open: &Event, open_for_ns: u64) {
+    let auth = Authorization {
+        expires_ns: open.ts_ns.saturating_add(open_for_ns),
+        opened_ns: open.ts_ns,
+    };
+    let mut open = *open;
+    if XK_AUTHORIZED.insert(key, &auth, 0).is_err() {
+        count(Counter::AuthFull);
+        open.kind = EventKind::OpenFailed as u8;
+        // aya-log 0.4 does not use the context it is given.
+        warn!(&(), "authorization map full: sequence {} not opened", key.seq);
+    }
+    emit(&open);
 }
 
 /// Knock `index` of the sequence, if it has that many.
@@ -46,107 +255,4 @@ fn knock_at(config: &SequenceConfig, index: u8) -> Option<PortProto> {
         return None;
     }
     config.knocks.get(index as usize % MAX_KNOCKS).copied()
-}
-
-#[inline(always)]
-fn step(ctx: &XdpContext, seq: u8, config: &SequenceConfig, packet: &Packet, is_knock: bool, now: u64) {
-    let key = SourceKey {
-        addr: packet.src,
-        seq,
-        _pad: [0; 3],
-    };
-    let of = config.n_knocks;
-    // Steps accepted so far that still count, and when the first of them came.
-    let mut done = 0u8;
-    let mut first_ns = now;
-    // SAFETY: the value is copied out before the map is changed.
-    let stored = unsafe { XK_PROGRESS.get(&key) }.copied();
-    if let Some(progress) = stored {
-        let stale = now.saturating_sub(progress.last_ns) > config.step_timeout_ns
-            || now.saturating_sub(progress.first_ns) > config.sequence_timeout_ns;
-        if stale {
-            reset(&key, packet, now, progress.step, of, ResetReason::Timeout);
-        } else {
-            done = progress.step;
-            first_ns = progress.first_ns;
-        }
-    }
-
-    if !is_knock {
-        // Strict mode: some other SYN or datagram from this source.
-        if stored.is_some() {
-            let _ = XK_PROGRESS.remove(&key);
-            if done > 0 {
-                reset(&key, packet, now, done, of, ResetReason::Strict);
-            }
-        }
-        return;
-    }
-
-    let this = Some(PortProto::new(packet.dst_port, packet.proto));
-    if knock_at(config, done) == this {
-        advance(ctx, &key, config, packet, done + 1, first_ns, now);
-    } else if done > 0 && knock_at(config, done - 1) == this {
-        // A retransmitted or duplicated copy of the knock just accepted.
-    } else {
-        if done > 0 {
-            reset(&key, packet, now, done, of, ResetReason::Wrong);
-        }
-        if knock_at(config, 0) == this {
-            advance(ctx, &key, config, packet, 1, now, now);
-        } else if stored.is_some() {
-            let _ = XK_PROGRESS.remove(&key);
-        }
-    }
-}
-
-/// Records `done` accepted steps; the last one authorizes the source.
-#[inline(always)]
-fn advance(
-    ctx: &XdpContext,
-    key: &SourceKey,
-    config: &SequenceConfig,
-    packet: &Packet,
-    done: u8,
-    first_ns: u64,
-    now: u64,
-) {
-    let mut knock = event(EventKind::Knock, key, packet, now);
-    knock.step = done;
-    knock.of = config.n_knocks;
-    emit(&knock);
-    if done < config.n_knocks {
-        let progress = Progress {
-            first_ns,
-            last_ns: now,
-            step: done,
-            _pad: [0; 7],
-        };
-        // An LRU insert only fails if the kernel cannot allocate; the source then
-        // simply starts over.
-        let _ = XK_PROGRESS.insert(key, &progress, 0);
-        return;
-    }
-    let _ = XK_PROGRESS.remove(key);
-    let auth = Authorization {
-        expires_ns: now.saturating_add(config.open_for_ns),
-        opened_ns: now,
-    };
-    let mut open = event(EventKind::Open, key, packet, now);
-    if XK_AUTHORIZED.insert(key, &auth, 0).is_err() {
-        // Full: existing authorizations are kept, this one is refused loudly.
-        count(Counter::AuthFull);
-        open.kind = EventKind::OpenFailed as u8;
-        warn!(ctx, "authorization map full: sequence {} not opened", key.seq);
-    }
-    emit(&open);
-}
-
-#[inline(always)]
-fn reset(key: &SourceKey, packet: &Packet, now: u64, step: u8, of: u8, reason: ResetReason) {
-    let mut ev = event(EventKind::Reset, key, packet, now);
-    ev.step = step;
-    ev.of = of;
-    ev.reason = reason as u8;
-    emit(&ev);
 }

@@ -31,7 +31,7 @@ pub fn xknock(ctx: XdpContext) -> u32 {
         Ok(Parsed::Other) => (XDP_PASS, Counter::PassOther),
         Ok(Parsed::LaterFragment) => (XDP_PASS, Counter::PassFragment),
         Ok(Parsed::OverlappingFragment) => (XDP_DROP, Counter::DropFragment),
-        Ok(Parsed::Transport(packet)) => decide(&ctx, &packet),
+        Ok(Parsed::Transport(packet)) => decide(&packet),
         Err(parse::Unparsed) => (XDP_DROP, Counter::DropUnparsed),
     };
     count(counter);
@@ -51,7 +51,7 @@ fn opens_connection(packet: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, packet: &Packet) -> (u32, Counter) {
+fn decide(packet: &Packet) -> (u32, Counter) {
     let rule = port_rule_index(packet.proto, packet.dst_port)
         .and_then(|index| XK_PORT_RULES.get(index))
         .copied()
@@ -67,19 +67,25 @@ fn decide(ctx: &XdpContext, packet: &Packet) -> (u32, Counter) {
         return (XDP_PASS, Counter::PassOther);
     }
     let now = now_ns(&settings);
-    knock::track(ctx, packet, rule.knock_mask, strict_mask, now);
+    let knocker = knock::Knocker {
+        packet,
+        settings: &settings,
+        now,
+    };
+    knocker.track(rule.knock_mask, strict_mask);
     if rule.knock_mask != 0 {
         (XDP_DROP, Counter::DropKnock)
     } else if rule.protect_mask != 0 {
-        guard(packet, rule.protect_mask, now)
+        guard(packet, rule.protect_mask, &settings, now)
     } else {
         (XDP_PASS, Counter::PassOther)
     }
 }
 
-/// The verdict for a packet to a protected port.
-#[inline(always)]
-fn guard(packet: &Packet, protect_mask: u8, now: u64) -> (u32, Counter) {
+/// The verdict for a packet to a protected port. Out of line, so that its stack is
+/// not added to the knock path's (the verifier allows 512 bytes along a call chain).
+#[inline(never)]
+fn guard(packet: &Packet, protect_mask: u8, settings: &Settings, now: u64) -> (u32, Counter) {
     let flow_key = FlowKey {
         addr: packet.src,
         src_port: packet.src_port,
@@ -116,7 +122,9 @@ fn guard(packet: &Packet, protect_mask: u8, now: u64) -> (u32, Counter) {
         let Some(auth) = (unsafe { XK_AUTHORIZED.get(&key) }).copied() else {
             continue;
         };
-        if now >= auth.expires_ns {
+        // A ban closes the ports to a source even if it holds an authorization; it is
+        // checked only here, so drops of unauthorized sources cost no extra lookup.
+        if now >= auth.expires_ns || knock::banned(&packet.src, settings, now) {
             continue;
         }
         if let Some(config) = XK_SEQUENCES.get(seq as u32)
@@ -152,7 +160,8 @@ pub(crate) fn count(counter: Counter) {
     }
 }
 
-#[inline(always)]
+/// Out of line: a call per event site keeps the verifier's work small.
+#[inline(never)]
 pub(crate) fn emit(event: &Event) {
     if XK_EVENTS.output(event, 0).is_err() {
         count(Counter::EventsLost);

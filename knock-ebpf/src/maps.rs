@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use knock_common::{
-    Authorization, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES, PortRule, Progress,
-    SequenceConfig, Settings, SourceKey,
+    Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES, PortRule, Progress,
+    SequenceConfig, Settings, SourceAddr, SourceKey,
 };
 
 /// The configured sequences, by index. Written by the loader; read per knock.
@@ -38,6 +38,12 @@ pub static XK_AUTHORIZED: HashMap<SourceKey, Authorization, 16384> = HashMap::ne
 /// Written by the kernel; LRU, entries also age out by their idle timeout.
 #[btf_map(pin_by_name)]
 pub static XK_FLOWS: LruHashMap<FlowKey, Flow, 65536> = LruHashMap::new();
+
+/// Failures and bans per source address. Written by the kernel; removed by
+/// `xknock unban` and by `run` when a ban is over. LRU: a flood of failing sources
+/// evicts the oldest records, never an authorization.
+#[btf_map(pin_by_name)]
+pub static XK_BANS: LruHashMap<SourceAddr, Ban, 65536> = LruHashMap::new();
 
 /// Per-CPU count of every verdict and lost event, indexed by `Counter`. Written by
 /// the kernel; summed by `status`.

@@ -22,6 +22,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 /// A TCP or UDP packet with everything the policy looks at.
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// IPv4-mapped for IPv4.
     pub src: [u8; 16],

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceKey};
+use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceAddr, SourceKey};
 use serde::Serialize;
 
 use crate::{
@@ -23,7 +23,9 @@ pub struct EventLine {
     pub ts: String,
     pub event: &'static str,
     pub source: IpAddr,
-    pub sequence: String,
+    /// Absent for `unban`, which concerns the source as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,7 +45,10 @@ impl EventLine {
         if json {
             return serde_json::to_string(self).unwrap_or_default();
         }
-        let mut line = format!("{} {:<6} {} {}", self.ts, self.event, self.source, self.sequence);
+        let mut line = format!("{} {:<6} {}", self.ts, self.event, self.source);
+        if let Some(sequence) = &self.sequence {
+            line += &format!(" {sequence}");
+        }
         if let (Some(step), Some(of)) = (self.step, self.of) {
             line += &format!(" step {step}/{of}");
         }
@@ -70,6 +75,9 @@ pub struct Events {
     sequences: HashMap<u8, (String, Duration)>,
     /// Authorizations announced and not yet closed, with their expiry.
     open: HashMap<SourceKey, u64>,
+    /// Bans announced and not yet lifted, with their end.
+    bans: HashMap<[u8; 16], u64>,
+    ban_for: Duration,
 }
 
 impl Events {
@@ -86,7 +94,21 @@ impl Events {
             .filter_map(Result::ok)
             .map(|(k, a)| (k, a.expires_ns))
             .collect();
-        Ok(Events { sequences, open })
+        let now = state.now_ns()?;
+        let bans = state
+            .bans
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.until_ns > now)
+            .map(|(k, b)| (k.addr, b.until_ns))
+            .collect();
+        let ban_for = Duration::from_nanos(state.settings()?.ban_for_ns);
+        Ok(Events {
+            sequences,
+            open,
+            bans,
+            ban_for,
+        })
     }
 
     fn name(&self, seq: u8) -> String {
@@ -101,7 +123,7 @@ impl Events {
             ts: rfc3339(ts),
             event,
             source: unmapped(addr),
-            sequence: self.name(seq),
+            sequence: Some(self.name(seq)),
             step: None,
             of: None,
             port: None,
@@ -149,7 +171,15 @@ impl Events {
                 line.event = "open_failed";
                 line.reason = Some("authorization map full");
             }
-            EventKind::Close => return None,
+            EventKind::Ban => {
+                line.event = "ban";
+                line.open_for = Some(clock::human(self.ban_for));
+                self.bans.insert(
+                    ev.addr,
+                    ev.ts_ns.saturating_add(crate::config::nanos(self.ban_for)),
+                );
+            }
+            EventKind::Close | EventKind::Unban => return None,
         }
         Some(line)
     }
@@ -195,6 +225,46 @@ impl Events {
             l.reason = Some("revoked");
             lines.push(l);
         }
+        self.sweep_bans(state, now_ns, &mut lines);
         Ok(lines)
+    }
+
+    /// `unban` for bans that ended (the record is removed, failures forgotten) or
+    /// were lifted by `xknock unban`.
+    fn sweep_bans(&mut self, state: &mut State, now_ns: u64, lines: &mut Vec<EventLine>) {
+        let current: HashMap<SourceAddr, u64> = state
+            .bans
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, b)| (k, b.until_ns))
+            .collect();
+        for (key, until) in &current {
+            if *until != 0 && *until <= now_ns {
+                let _ = state.bans.remove(key);
+            }
+        }
+        let ended: Vec<([u8; 16], u64)> = self
+            .bans
+            .iter()
+            .filter(|(addr, _)| {
+                current
+                    .get(&SourceAddr { addr: **addr })
+                    .is_none_or(|u| *u <= now_ns)
+            })
+            .map(|(a, u)| (*a, *u))
+            .collect();
+        for (addr, until) in ended {
+            self.bans.remove(&addr);
+            let expired = until <= now_ns;
+            let ts = if expired {
+                clock::wall_time(until, now_ns)
+            } else {
+                SystemTime::now()
+            };
+            let mut l = self.line(ts, "unban", addr, 0);
+            l.sequence = None;
+            l.reason = Some(if expired { "expired" } else { "lifted" });
+            lines.push(l);
+        }
     }
 }

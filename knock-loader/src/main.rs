@@ -81,6 +81,14 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Lift ADDR's ban (brute-force lockout) and forget its failures.
+    Unban {
+        /// The source address (IPv4 or IPv6).
+        addr: IpAddr,
+        /// Where `run` pinned the maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Validate a configuration file and print what it sets up.
     Check {
         #[arg(long, short)]
@@ -180,6 +188,18 @@ fn real_main() -> Result<()> {
             let seq = sequence.as_deref().map(|s| state.sequence_index(s)).transpose()?;
             let n = state.revoke(addr, seq)?;
             println!("revoked {n} authorization(s) of {addr}");
+            Ok(())
+        }
+        Command::Unban { addr, pin_dir } => {
+            let was = State::from_pins(&pin_dir)?.unban(addr)?;
+            println!(
+                "{addr} {}",
+                if was {
+                    "is no longer banned"
+                } else {
+                    "was not banned"
+                }
+            );
             Ok(())
         }
         Command::Check { config } => {

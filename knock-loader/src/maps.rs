@@ -13,8 +13,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use knock_common::{
-    Authorization, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES, PortRule,
-    Progress, SequenceConfig, Settings, SourceKey, map_names,
+    Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
+    PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey, map_names,
 };
 
 use crate::{clock, config::Config};
@@ -27,6 +27,7 @@ pub struct State {
     pub authorized: HashMap<MapData, SourceKey, Authorization>,
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub bans: HashMap<MapData, SourceAddr, Ban>,
 }
 
 impl State {
@@ -70,6 +71,7 @@ impl State {
             authorized: typed(get, map_names::AUTHORIZED)?,
             flows: typed(get, map_names::FLOWS)?,
             counters: typed(get, map_names::COUNTERS)?,
+            bans: typed(get, map_names::BANS)?,
         })
     }
 
@@ -154,8 +156,7 @@ impl State {
                 .set(*index, rule, 0)
                 .context("cannot write the port-rule map")?;
         }
-        let mut settings = self.settings()?;
-        settings.strict_mask = config.strict_mask();
+        let settings = config.settings(self.settings()?);
         self.settings
             .set(0, &settings, 0)
             .context("cannot write the settings map")
@@ -217,6 +218,18 @@ impl State {
             let _ = self.flows.remove(k);
         }
         Ok(keys.len())
+    }
+}
+
+impl State {
+    /// Lifts `addr`'s ban and forgets its failures. Returns whether it was banned.
+    pub fn unban(&mut self, addr: IpAddr) -> Result<bool> {
+        let key = SourceAddr { addr: mapped(addr) };
+        let now = self.now_ns()?;
+        let was_banned = self.bans.get(&key, 0).is_ok_and(|b| now < b.until_ns);
+        // Absent already is fine: nothing to lift.
+        let _ = self.bans.remove(&key);
+        Ok(was_banned)
     }
 }
 

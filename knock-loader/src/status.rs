@@ -16,6 +16,7 @@ pub struct Status {
     pub sequences: Vec<SequenceStatus>,
     pub in_progress: Vec<InProgress>,
     pub authorized: Vec<Authorized>,
+    pub banned: Vec<Banned>,
     /// Connections kept open past their authorization's window.
     pub kept_connections: usize,
     pub counters: BTreeMap<&'static str, u64>,
@@ -37,6 +38,12 @@ pub struct InProgress {
     pub step: u8,
     pub of: u8,
     pub age_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct Banned {
+    pub source: IpAddr,
+    pub left_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -105,6 +112,17 @@ impl Status {
             })
             .collect();
         authorized.sort_by_key(|a| (a.source, a.sequence.clone()));
+        let mut banned: Vec<Banned> = state
+            .bans
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.until_ns > now)
+            .map(|(k, b)| Banned {
+                source: unmapped(k.addr),
+                left_ms: (b.until_ns - now) / 1_000_000,
+            })
+            .collect();
+        banned.sort_by_key(|b| b.source);
         let kept_connections = state
             .flows
             .iter()
@@ -120,6 +138,7 @@ impl Status {
             sequences,
             in_progress,
             authorized,
+            banned,
             kept_connections,
             counters,
         })
@@ -161,6 +180,10 @@ impl Status {
                 a.sequence,
                 ms(a.left_ms)
             );
+        }
+        let _ = writeln!(out, "banned: {}", self.banned.len());
+        for b in &self.banned {
+            let _ = writeln!(out, "  {:<39} {} left", b.source, ms(b.left_ms));
         }
         let _ = writeln!(out, "kept connections: {}", self.kept_connections);
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();

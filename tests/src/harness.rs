@@ -86,6 +86,20 @@ impl Harness {
         }
     }
 
+    /// Instructions the verifier processed to accept the program (its limit is 1M).
+    pub fn verified_instructions(&self) -> u32 {
+        let prog: &Xdp = self
+            .ebpf
+            .program("xknock")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        prog.info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("kernel reports it")
+    }
+
     pub fn run(&self, bytes: &[u8]) -> u32 {
         let prog: &Xdp = self
             .ebpf
@@ -126,6 +140,14 @@ impl Harness {
     pub fn step(&self, src: &str, seq: u8) -> Option<u8> {
         let key = xknock::maps::source_key(src.parse().expect("addr"), seq);
         self.state.progress.get(&key, 0).ok().map(|p| p.step)
+    }
+
+    pub fn banned(&self, src: &str) -> bool {
+        let key = knock_common::SourceAddr {
+            addr: crate::mapped(src),
+        };
+        let now = self.state.now_ns().expect("clock");
+        self.state.bans.get(&key, 0).is_ok_and(|b| b.until_ns > now)
     }
 
     pub fn authorized(&self, src: &str, seq: u8) -> bool {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
-use xknock::config::{Config, Knock, Sequence};
+use xknock::config::{BanPolicy, Config, Knock, Sequence};
 
 pub const PASS: u32 = 2;
 pub const DROP: u32 = 1;
@@ -149,6 +149,13 @@ pub struct Progress {
     pub last: u64,
 }
 
+#[derive(Clone, Copy, Debug, Default)]
+struct BanRecord {
+    window_start: u64,
+    until: u64,
+    failures: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
     src: [u8; 16],
@@ -164,6 +171,10 @@ pub struct Model {
     pub auth: HashMap<([u8; 16], u8), u64>,
     /// Completed sequences so far.
     pub opens: u64,
+    /// Bans made so far.
+    pub bans_made: u64,
+    ban: BanPolicy,
+    bans: HashMap<[u8; 16], BanRecord>,
     flows: HashMap<FlowKey, (u64, u64)>,
 }
 
@@ -182,6 +193,9 @@ impl Model {
             progress: HashMap::new(),
             auth: HashMap::new(),
             opens: 0,
+            bans_made: 0,
+            ban: config.ban,
+            bans: HashMap::new(),
             flows: HashMap::new(),
         }
     }
@@ -229,6 +243,7 @@ impl Model {
         let syn = port.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let opens = port.proto == PROTO_UDP || syn;
         let mut knocked = false;
+        let banned = self.banned(src, now);
         for i in 0..self.seqs.len() {
             let s = &self.seqs[i];
             let in_seq = s.knocks.contains(&port);
@@ -236,7 +251,7 @@ impl Model {
             let counts = in_seq
                 && (port.proto != PROTO_TCP
                     || (flags & s.tcp_flags_set == s.tcp_flags_set && flags & s.tcp_flags_clear == 0));
-            if counts || (s.strict && opens) {
+            if !banned && (counts || (s.strict && opens)) {
                 self.step(i, src, port, counts, now);
             }
         }
@@ -261,8 +276,11 @@ impl Model {
                 return PASS;
             }
         }
+        // A ban (possibly made by this very packet) closes the ports even to the authorized.
+        let banned_now = self.banned(src, now);
         for (i, s) in self.seqs.iter().enumerate() {
-            if s.protect.contains(&port) && self.auth.get(&(src, i as u8)).is_some_and(|e| now < *e) {
+            let authorized = self.auth.get(&(src, i as u8)).is_some_and(|e| now < *e);
+            if s.protect.contains(&port) && authorized && !banned_now {
                 if s.keep_established {
                     self.flows.insert(key, (now, ns(s.idle_timeout)));
                 }
@@ -274,23 +292,31 @@ impl Model {
 
     /// SPEC.md's sequence rules for one source and sequence.
     fn step(&mut self, i: usize, src: [u8; 16], port: Knock, is_knock: bool, now: u64) {
-        let s = &self.seqs[i];
+        let s = self.seqs[i].clone();
         let key = (src, i as u8);
         let stored = self.progress.get(&key).copied();
-        let live = stored.filter(|p| {
-            now.saturating_sub(p.last) <= ns(s.step_timeout)
-                && now.saturating_sub(p.first) <= ns(s.sequence_timeout)
+        let stale = stored.is_some_and(|p| {
+            now.saturating_sub(p.last) > ns(s.step_timeout)
+                || now.saturating_sub(p.first) > ns(s.sequence_timeout)
         });
-        let (done, first) = live.map_or((0, now), |p| (p.step, p.first));
+        if stale {
+            self.fail(src, now);
+        }
+        let (done, first) = stored.filter(|_| !stale).map_or((0, now), |p| (p.step, p.first));
         if !is_knock {
-            self.progress.remove(&key);
+            // Strict: another SYN or datagram.
+            if stored.is_some() {
+                self.progress.remove(&key);
+                if done > 0 {
+                    self.fail(src, now);
+                }
+            }
             return;
         }
-        let (n, open_for) = (s.knocks.len(), ns(s.open_for));
         let advance = |model: &mut Model, done: usize, first: u64| {
-            if done == n {
+            if done == s.knocks.len() {
                 model.progress.remove(&key);
-                model.auth.insert(key, now.saturating_add(open_for));
+                model.auth.insert(key, now.saturating_add(ns(s.open_for)));
                 model.opens += 1;
             } else {
                 model.progress.insert(
@@ -307,11 +333,51 @@ impl Model {
             advance(self, done + 1, first);
         } else if done > 0 && s.knocks[done - 1] == port {
             // A repeat of the knock just accepted.
-        } else if s.knocks[0] == port {
-            advance(self, 1, now);
+        } else if done > 0 && s.ignore_wrong {
+            // Out of order, ignored.
         } else {
-            self.progress.remove(&key);
+            if done > 0 {
+                self.fail(src, now);
+            }
+            if s.knocks[0] == port {
+                advance(self, 1, now);
+            } else {
+                self.progress.remove(&key);
+            }
         }
+    }
+
+    /// A reset: more than `failures` within `window` bans the source for `ban_for`.
+    fn fail(&mut self, src: [u8; 16], now: u64) {
+        let policy = self.ban;
+        if policy.failures == 0 {
+            return;
+        }
+        let b = self.bans.entry(src).or_default();
+        if now.saturating_sub(b.window_start) > ns(policy.window) {
+            b.window_start = now;
+            b.failures = 0;
+        }
+        b.failures += 1;
+        if b.failures > policy.failures {
+            b.until = now.saturating_add(ns(policy.ban_for));
+            b.failures = 0;
+            b.window_start = now;
+            self.bans_made += 1;
+        }
+    }
+
+    /// Sources banned now, with the end of their ban.
+    pub fn live_bans(&self, now: u64) -> HashMap<[u8; 16], u64> {
+        self.bans
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(a, b)| (*a, b.until))
+            .collect()
+    }
+
+    pub fn banned(&self, src: [u8; 16], now: u64) -> bool {
+        self.ban.failures != 0 && self.bans.get(&src).is_some_and(|b| now < b.until)
     }
 
     /// The next knock `src` must send to advance sequence `i` (for the fuzzer).

@@ -74,6 +74,18 @@ fn defaults_and_kernel_tables() {
         "8000/tcp is not 8000/udp"
     );
     assert_eq!(c.strict_mask(), 1);
+    assert_eq!(
+        (c.ban.failures, c.ban.window.as_secs(), c.ban.ban_for.as_secs()),
+        (5, 60, 600),
+        "bans on by default"
+    );
+    let ignore = parse(&format!("{SEQ}wrong_knock = \"ignore\"\n[ban]\nfailures = 0\n")).expect("valid");
+    assert!(ignore.sequences[0].ignore_wrong);
+    assert_eq!(ignore.ban.failures, 0);
+    assert_eq!(
+        ignore.sequences[0].kernel_config().flags & knock_common::SEQ_IGNORE_WRONG,
+        knock_common::SEQ_IGNORE_WRONG
+    );
 }
 
 #[test]
@@ -147,6 +159,19 @@ fn refusals_name_the_file_line_and_key() {
             ":8: protect: 9000/tcp is a knock of sequence \"ssh\"",
         ),
         ("interface = \"eth0\"\n".to_owned(), "no [[sequence]]"),
+        (
+            format!("{SEQ}wrong_knock = \"forgive\"\n"),
+            ":5: unknown variant `forgive`, expected `reset` or `ignore`",
+        ),
+        (
+            format!("{SEQ}[ban]\nwindow = \"0s\"\n"),
+            ":6: ban.window: must be longer than zero",
+        ),
+        (format!("{SEQ}[ban]\nfailures = -1\n"), ":6: invalid value"),
+        (
+            format!("{SEQ}[ban]\nretries = 3\n"),
+            ":6: unknown field `retries`",
+        ),
     ];
     for (text, want) in cases {
         let err = refused(&text);

@@ -39,6 +39,17 @@ name = "fin"
 knocks = ["6000/tcp"]
 protect = ["2222/tcp"]
 tcp_flags = "fin,!syn"
+
+[[sequence]]
+name = "calm"
+knocks = ["6100/udp", "6200/udp", "6300/tcp", "6400/udp"]
+protect = ["3333/tcp"]
+wrong_knock = "ignore"
+
+[ban]
+failures = 6
+window = "10s"
+ban_for = "20s"
 "#;
 
 /// Frames that once exposed a disagreement, replayed in order on a fresh program:
@@ -108,6 +119,15 @@ fn compare_state(h: &Harness, model: &Model, now: u64, config: &Config) {
         .map(|(k, p)| ((k.addr, k.seq), usize::from(p.step)))
         .collect();
     assert_eq!(kernel_progress, model.live_progress(now), "progress differs");
+    let kernel_bans: HashMap<[u8; 16], u64> = h
+        .state
+        .bans
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| b.until_ns > now)
+        .map(|(k, b)| (k.addr, b.until_ns))
+        .collect();
+    assert_eq!(kernel_bans, model.live_bans(now), "bans differ");
 }
 
 #[test]
@@ -174,12 +194,13 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
     }
     compare_state(&h, &model, h.now_ns(), &config);
     let opened = model.opens;
+    let bans = model.bans_made;
     println!(
-        "{frames} frames (seed {seed:#x}): {passed} passed, {} dropped, {opened} authorizations",
+        "{frames} frames (seed {seed:#x}): {passed} passed, {} dropped, {opened} authorizations, {bans} bans",
         frames - passed
     );
     assert!(
-        opened > 0 && passed > 0 && frames - passed > 0,
+        opened > 0 && bans > 0 && passed > 0 && frames - passed > 0,
         "the fuzzer must reach every outcome"
     );
 }

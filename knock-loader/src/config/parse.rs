@@ -1,101 +1,18 @@
-//! The TOML configuration: parsed with serde, validated whole before anything touches
-//! the kernel, and turned into the kernel's tables. Every error names the file, the
-//! line and the key.
+//! Reading the TOML: serde structures with spans, and the checks that need them.
 
 use std::{
     collections::{HashMap, HashSet},
     fmt,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
-use knock_common::{
-    MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, PROTO_TCP, PROTO_UDP, PortProto, PortRule,
-    SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, TCP_ACK, port_rule_index,
-};
+use anyhow::{Result, bail};
+use knock_common::{MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, TCP_ACK};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub const DEFAULT_CONFIG: &str = "/etc/xknock/xknock.toml";
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xknock";
-
-/// How the program is attached to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to skb mode where the driver has no XDP.
-    #[default]
-    Auto,
-    /// Native mode only; fail if the driver cannot.
-    Native,
-    /// Generic (skb) mode: works everywhere, costs more.
-    Skb,
-}
-
-/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Knock {
-    pub port: u16,
-    pub proto: u8,
-}
-
-impl FromStr for Knock {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (port, proto) = match s.split_once('/') {
-            Some((port, "tcp")) => (port, PROTO_TCP),
-            Some((port, "udp")) => (port, PROTO_UDP),
-            Some((_, other)) => return Err(format!("unknown protocol {other:?} in {s:?}: use tcp or udp")),
-            None => (s, PROTO_TCP),
-        };
-        match port.parse::<u16>() {
-            Ok(port) if port != 0 => Ok(Knock { port, proto }),
-            _ => Err(format!(
-                "{s:?} is not PORT/tcp or PORT/udp with PORT from 1 to 65535"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Knock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = if self.proto == PROTO_UDP { "udp" } else { "tcp" };
-        write!(f, "{}/{proto}", self.port)
-    }
-}
-
-impl From<Knock> for PortProto {
-    fn from(k: Knock) -> Self {
-        PortProto::new(k.port, k.proto)
-    }
-}
-
-/// One validated sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sequence {
-    pub name: String,
-    pub knocks: Vec<Knock>,
-    pub protect: Vec<Knock>,
-    pub open_for: Duration,
-    pub step_timeout: Duration,
-    pub sequence_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub strict: bool,
-    pub keep_established: bool,
-    pub tcp_flags_set: u8,
-    pub tcp_flags_clear: u8,
-}
-
-/// A validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: XdpMode,
-    pub pin_dir: PathBuf,
-    pub sequences: Vec<Sequence>,
-}
+use super::{BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Sequence, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -113,6 +30,25 @@ struct RawConfig {
     pin_dir: Option<PathBuf>,
     #[serde(default)]
     sequence: Vec<Spanned<RawSequence>>,
+    #[serde(default)]
+    ban: RawBan,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBan {
+    failures: Option<u32>,
+    window: Option<Spanned<String>>,
+    ban_for: Option<Spanned<String>>,
+}
+
+/// What a knock of the sequence out of order does.
+#[derive(Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WrongKnock {
+    #[default]
+    Reset,
+    Ignore,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +65,8 @@ struct RawSequence {
     strict: bool,
     tcp_flags: Option<Spanned<String>>,
     keep_established: Option<bool>,
+    #[serde(default)]
+    wrong_knock: WrongKnock,
     on_open: Option<Spanned<String>>,
     on_close: Option<Spanned<String>>,
 }
@@ -137,6 +75,9 @@ const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_BAN_FAILURES: u32 = 5;
+const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
+const DEFAULT_BAN_FOR: Duration = Duration::from_secs(600);
 
 /// Where errors point: the file and its text, to turn byte offsets into lines.
 struct Source<'a> {
@@ -176,117 +117,47 @@ impl Source<'_> {
     }
 }
 
-impl Config {
-    /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::parse(path, &text)
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(":{}", Source { path, text }.line(s.start)))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{line}: {}", path.display(), e.message())
+    })?;
+    let src = Source { path, text };
+    if raw.sequence.is_empty() {
+        bail!("{}: no [[sequence]]: nothing to protect", path.display());
     }
-
-    pub fn parse(path: &Path, text: &str) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| format!(":{}", Source { path, text }.line(s.start)))
-                .unwrap_or_default();
-            anyhow::anyhow!("{}{line}: {}", path.display(), e.message())
-        })?;
-        let src = Source { path, text };
-        if raw.sequence.is_empty() {
-            bail!("{}: no [[sequence]]: nothing to protect", path.display());
-        }
-        if raw.sequence.len() > MAX_SEQUENCES {
-            return Err(src.at(
-                &raw.sequence[MAX_SEQUENCES],
-                "sequence",
-                format!("at most {MAX_SEQUENCES} sequences"),
-            ));
-        }
-        let mut sequences = Vec::new();
-        for raw_seq in &raw.sequence {
-            sequences.push(parse_sequence(&src, raw_seq.get_ref())?);
-        }
-        check_across(&src, &raw.sequence, &sequences)?;
-        let interfaces = match raw.interface {
-            None => vec![],
-            Some(OneOrMany::One(i)) => vec![i],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        Ok(Config {
-            interfaces,
-            xdp_mode: raw.xdp_mode,
-            pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-            sequences,
-        })
+    if raw.sequence.len() > MAX_SEQUENCES {
+        return Err(src.at(
+            &raw.sequence[MAX_SEQUENCES],
+            "sequence",
+            format!("at most {MAX_SEQUENCES} sequences"),
+        ));
     }
-
-    /// The kernel's sequence table, one entry per configured sequence.
-    pub fn sequence_table(&self) -> Vec<SequenceConfig> {
-        self.sequences.iter().map(Sequence::kernel_config).collect()
+    let mut sequences = Vec::new();
+    for raw_seq in &raw.sequence {
+        sequences.push(parse_sequence(&src, raw_seq.get_ref())?);
     }
-
-    /// Nonzero entries of the kernel's port-rule array.
-    pub fn port_rules(&self) -> HashMap<u32, PortRule> {
-        let mut rules: HashMap<u32, PortRule> = HashMap::new();
-        for (i, seq) in self.sequences.iter().enumerate() {
-            let bit = 1u8 << i;
-            for k in &seq.knocks {
-                rules.entry(rule_index(*k)).or_default().knock_mask |= bit;
-            }
-            for p in &seq.protect {
-                rules.entry(rule_index(*p)).or_default().protect_mask |= bit;
-            }
-        }
-        rules
-    }
-
-    pub fn strict_mask(&self) -> u8 {
-        self.sequences
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.strict)
-            .fold(0, |mask, (i, _)| mask | 1 << i)
-    }
-}
-
-pub fn rule_index(k: Knock) -> u32 {
-    // Knock only holds TCP or UDP, which always have an index.
-    port_rule_index(k.proto, k.port).unwrap_or_default()
-}
-
-impl Sequence {
-    pub fn kernel_config(&self) -> SequenceConfig {
-        let mut c: SequenceConfig = bytemuck::Zeroable::zeroed();
-        c.step_timeout_ns = nanos(self.step_timeout);
-        c.sequence_timeout_ns = nanos(self.sequence_timeout);
-        c.open_for_ns = nanos(self.open_for);
-        c.idle_timeout_ns = nanos(self.idle_timeout);
-        for (slot, k) in c.knocks.iter_mut().zip(&self.knocks) {
-            *slot = (*k).into();
-        }
-        for (slot, k) in c.protect.iter_mut().zip(&self.protect) {
-            *slot = (*k).into();
-        }
-        c.n_knocks = self.knocks.len() as u8;
-        c.n_protect = self.protect.len() as u8;
-        c.flags = if self.strict { SEQ_STRICT } else { 0 }
-            | if self.keep_established {
-                SEQ_KEEP_ESTABLISHED
-            } else {
-                0
-            };
-        c.tcp_flags_set = self.tcp_flags_set;
-        c.tcp_flags_clear = self.tcp_flags_clear;
-        for (slot, b) in c.name.iter_mut().zip(self.name.as_bytes()) {
-            *slot = *b;
-        }
-        c
-    }
-}
-
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    check_across(&src, &raw.sequence, &sequences)?;
+    let ban = BanPolicy {
+        failures: raw.ban.failures.unwrap_or(DEFAULT_BAN_FAILURES),
+        window: src.duration(&raw.ban.window, "ban.window", DEFAULT_BAN_WINDOW)?,
+        ban_for: src.duration(&raw.ban.ban_for, "ban.ban_for", DEFAULT_BAN_FOR)?,
+    };
+    let interfaces = match raw.interface {
+        None => vec![],
+        Some(OneOrMany::One(i)) => vec![i],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    Ok(Config {
+        interfaces,
+        xdp_mode: raw.xdp_mode,
+        pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        sequences,
+        ban,
+    })
 }
 
 fn parse_ports(
@@ -370,6 +241,7 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         idle_timeout: src.duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
         strict: raw.strict,
         keep_established: raw.keep_established.unwrap_or(true),
+        ignore_wrong: matches!(raw.wrong_knock, WrongKnock::Ignore),
         tcp_flags_set,
         tcp_flags_clear,
     };

@@ -1,0 +1,87 @@
+//! The configuration as the kernel's tables: the sequence array, the port-rule
+//! array and the settings.
+
+use std::collections::HashMap;
+
+use knock_common::{
+    PortRule, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, port_rule_index,
+};
+
+use super::{Config, Knock, Sequence, nanos};
+
+impl Config {
+    /// The kernel's sequence table, one entry per configured sequence.
+    pub fn sequence_table(&self) -> Vec<SequenceConfig> {
+        self.sequences.iter().map(Sequence::kernel_config).collect()
+    }
+
+    /// Nonzero entries of the kernel's port-rule array.
+    pub fn port_rules(&self) -> HashMap<u32, PortRule> {
+        let mut rules: HashMap<u32, PortRule> = HashMap::new();
+        for (i, seq) in self.sequences.iter().enumerate() {
+            let bit = 1u8 << i;
+            for k in &seq.knocks {
+                rules.entry(rule_index(*k)).or_default().knock_mask |= bit;
+            }
+            for p in &seq.protect {
+                rules.entry(rule_index(*p)).or_default().protect_mask |= bit;
+            }
+        }
+        rules
+    }
+
+    /// The settings entry, keeping `base`'s test clock.
+    pub fn settings(&self, base: Settings) -> Settings {
+        Settings {
+            strict_mask: self.strict_mask(),
+            ban_failures: self.ban.failures,
+            ban_window_ns: nanos(self.ban.window),
+            ban_for_ns: nanos(self.ban.ban_for),
+            ..base
+        }
+    }
+
+    pub fn strict_mask(&self) -> u8 {
+        self.sequences
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.strict)
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+}
+
+pub fn rule_index(k: Knock) -> u32 {
+    // Knock only holds TCP or UDP, which always have an index.
+    port_rule_index(k.proto, k.port).unwrap_or_default()
+}
+
+impl Sequence {
+    pub fn kernel_config(&self) -> SequenceConfig {
+        let mut c: SequenceConfig = bytemuck::Zeroable::zeroed();
+        c.step_timeout_ns = nanos(self.step_timeout);
+        c.sequence_timeout_ns = nanos(self.sequence_timeout);
+        c.open_for_ns = nanos(self.open_for);
+        c.idle_timeout_ns = nanos(self.idle_timeout);
+        for (slot, k) in c.knocks.iter_mut().zip(&self.knocks) {
+            *slot = (*k).into();
+        }
+        for (slot, k) in c.protect.iter_mut().zip(&self.protect) {
+            *slot = (*k).into();
+        }
+        c.n_knocks = self.knocks.len() as u8;
+        c.n_protect = self.protect.len() as u8;
+        c.flags = if self.strict { SEQ_STRICT } else { 0 }
+            | if self.keep_established {
+                SEQ_KEEP_ESTABLISHED
+            } else {
+                0
+            }
+            | if self.ignore_wrong { SEQ_IGNORE_WRONG } else { 0 };
+        c.tcp_flags_set = self.tcp_flags_set;
+        c.tcp_flags_clear = self.tcp_flags_clear;
+        for (slot, b) in c.name.iter_mut().zip(self.name.as_bytes()) {
+            *slot = *b;
+        }
+        c
+    }
+}

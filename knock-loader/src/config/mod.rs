@@ -1,0 +1,130 @@
+//! The TOML configuration: parsed with serde, validated whole before anything touches
+//! the kernel (`parse`), and turned into the kernel's tables (`kernel`). Every error
+//! names the file, the line and the key.
+
+mod kernel;
+mod parse;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
+use serde::Deserialize;
+
+pub use kernel::rule_index;
+pub use parse::parse_tcp_flags;
+
+pub const DEFAULT_CONFIG: &str = "/etc/xknock/xknock.toml";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xknock";
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to skb mode where the driver has no XDP.
+    #[default]
+    Auto,
+    /// Native mode only; fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode: works everywhere, costs more.
+    Skb,
+}
+
+/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Knock {
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl FromStr for Knock {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, proto) = match s.split_once('/') {
+            Some((port, "tcp")) => (port, PROTO_TCP),
+            Some((port, "udp")) => (port, PROTO_UDP),
+            Some((_, other)) => return Err(format!("unknown protocol {other:?} in {s:?}: use tcp or udp")),
+            None => (s, PROTO_TCP),
+        };
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(Knock { port, proto }),
+            _ => Err(format!(
+                "{s:?} is not PORT/tcp or PORT/udp with PORT from 1 to 65535"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Knock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.proto == PROTO_UDP { "udp" } else { "tcp" };
+        write!(f, "{}/{proto}", self.port)
+    }
+}
+
+impl From<Knock> for PortProto {
+    fn from(k: Knock) -> Self {
+        PortProto::new(k.port, k.proto)
+    }
+}
+
+/// One validated sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sequence {
+    pub name: String,
+    pub knocks: Vec<Knock>,
+    pub protect: Vec<Knock>,
+    pub open_for: Duration,
+    pub step_timeout: Duration,
+    pub sequence_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub strict: bool,
+    pub keep_established: bool,
+    /// `wrong_knock = "ignore"`: out-of-order knocks leave progress alone.
+    pub ignore_wrong: bool,
+    pub tcp_flags_set: u8,
+    pub tcp_flags_clear: u8,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub sequences: Vec<Sequence>,
+    pub ban: BanPolicy,
+}
+
+/// Brute-force lockout: more than `failures` resets within `window` ban the source
+/// for `ban_for` (its knocks are ignored, the protected ports stay closed to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanPolicy {
+    /// Zero turns bans off.
+    pub failures: u32,
+    pub window: Duration,
+    pub ban_for: Duration,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        parse::parse(path, text)
+    }
+}
+
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
