@@ -117,8 +117,16 @@ pub struct Settings {
     pub ban_failures: u32,
     /// Bit `s` set: sequence `s` is strict.
     pub strict_mask: u8,
-    pub _pad: [u8; 3],
+    /// Nonzero when the allow/deny map has entries (else it is not looked up).
+    pub access_rules: u8,
+    pub _pad: [u8; 2],
 }
+
+/// Values of the allow/deny map (longest prefix wins).
+pub const ACCESS_ALLOW: u8 = 1;
+pub const ACCESS_DENY: u8 = 2;
+/// Entries the allow/deny map holds.
+pub const ACCESS_ENTRIES: u32 = 4096;
 
 /// A source address alone: the key of the ban map.
 #[repr(C)]
@@ -289,9 +297,13 @@ pub enum Counter {
     AuthFull = 9,
     /// Knock packets from banned sources (ignored).
     BannedKnock = 10,
+    /// To a protected port from an `allow` source.
+    PassAllowed = 11,
+    /// To a knock or protected port from a `deny` source.
+    DropDenied = 12,
 }
 
-pub const COUNTERS: u32 = 11;
+pub const COUNTERS: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -306,6 +318,8 @@ impl Counter {
         Counter::EventsLost,
         Counter::AuthFull,
         Counter::BannedKnock,
+        Counter::PassAllowed,
+        Counter::DropDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -321,6 +335,8 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::AuthFull => "auth_full",
             Counter::BannedKnock => "banned_knock",
+            Counter::PassAllowed => "pass_allowed",
+            Counter::DropDenied => "drop_denied",
         }
     }
 }
@@ -336,6 +352,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "XK_COUNTERS";
     pub const EVENTS: &str = "XK_EVENTS";
     pub const BANS: &str = "XK_BANS";
+    pub const ACCESS: &str = "XK_ACCESS";
 }
 
 const _: () = {

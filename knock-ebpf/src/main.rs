@@ -8,6 +8,7 @@ mod knock;
 mod maps;
 mod parse;
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_ktime_get_ns,
@@ -15,10 +16,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP, PortRule,
-    SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
+    ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
+    PortRule, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
 };
-use maps::{XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES, XK_SETTINGS};
+use maps::{
+    XK_ACCESS, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES, XK_SETTINGS,
+};
 use parse::{Packet, Parsed};
 
 /// A kept connection's last-seen time is refreshed at most this often, so that a busy
@@ -66,6 +69,16 @@ fn decide(packet: &Packet) -> (u32, Counter) {
     if rule == PortRule::default() && strict_mask == 0 {
         return (XDP_PASS, Counter::PassOther);
     }
+    if settings.access_rules != 0 {
+        match access(&packet.src) {
+            ACCESS_DENY if rule != PortRule::default() => return (XDP_DROP, Counter::DropDenied),
+            ACCESS_ALLOW if rule.knock_mask != 0 => return (XDP_DROP, Counter::DropKnock),
+            ACCESS_ALLOW if rule.protect_mask != 0 => return (XDP_PASS, Counter::PassAllowed),
+            // Listed sources are not tracked, so strict mode has nothing to reset.
+            ACCESS_DENY | ACCESS_ALLOW => return (XDP_PASS, Counter::PassOther),
+            _ => {}
+        }
+    }
     let now = now_ns(&settings);
     let knocker = knock::Knocker {
         packet,
@@ -80,6 +93,13 @@ fn decide(packet: &Packet) -> (u32, Counter) {
     } else {
         (XDP_PASS, Counter::PassOther)
     }
+}
+
+/// The allow/deny list entry for `src` (longest prefix), or 0 when none matches.
+#[inline(always)]
+fn access(src: &[u8; 16]) -> u8 {
+    let key = Key::new(128, *src);
+    XK_ACCESS.get(&key).copied().unwrap_or(0)
 }
 
 /// The verdict for a packet to a protected port. Out of line, so that its stack is

@@ -2,12 +2,12 @@
 //! here are defaults: the loader may resize the tracking maps before loading.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use knock_common::{
-    Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES, PortRule, Progress,
-    SequenceConfig, Settings, SourceAddr, SourceKey,
+    ACCESS_ENTRIES, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES,
+    PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey,
 };
 
 /// The configured sequences, by index. Written by the loader; read per knock.
@@ -44,6 +44,11 @@ pub static XK_FLOWS: LruHashMap<FlowKey, Flow, 65536> = LruHashMap::new();
 /// evicts the oldest records, never an authorization.
 #[btf_map(pin_by_name)]
 pub static XK_BANS: LruHashMap<SourceAddr, Ban, 65536> = LruHashMap::new();
+
+/// The allow and deny lists: source prefixes (IPv4-mapped) to ACCESS_ALLOW or
+/// ACCESS_DENY, longest prefix winning. Written by the loader.
+#[btf_map(pin_by_name)]
+pub static XK_ACCESS: LpmTrie<[u8; 16], u8, { ACCESS_ENTRIES as usize }> = LpmTrie::new();
 
 /// Per-CPU count of every verdict and lost event, indexed by `Counter`. Written by
 /// the kernel; summed by `status`.

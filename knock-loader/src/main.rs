@@ -205,6 +205,12 @@ fn real_main() -> Result<()> {
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             println!("{}: ok", config.display());
+            for (key, list) in [("allow", &cfg.allow), ("deny", &cfg.deny)] {
+                if !list.is_empty() {
+                    let nets: Vec<_> = list.iter().map(ToString::to_string).collect();
+                    println!("  {key}: {}", nets.join(" "));
+                }
+            }
             for s in &cfg.sequences {
                 let knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
                 let protect: Vec<_> = s.protect.iter().map(ToString::to_string).collect();

@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use knock_common::{
     Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
@@ -28,6 +31,7 @@ pub struct State {
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub counters: PerCpuArray<MapData, u64>,
     pub bans: HashMap<MapData, SourceAddr, Ban>,
+    pub access: LpmTrie<MapData, [u8; 16], u8>,
 }
 
 impl State {
@@ -72,6 +76,7 @@ impl State {
             flows: typed(get, map_names::FLOWS)?,
             counters: typed(get, map_names::COUNTERS)?,
             bans: typed(get, map_names::BANS)?,
+            access: typed(get, map_names::ACCESS)?,
         })
     }
 
@@ -156,6 +161,7 @@ impl State {
                 .set(*index, rule, 0)
                 .context("cannot write the port-rule map")?;
         }
+        self.apply_access(config)?;
         let settings = config.settings(self.settings()?);
         self.settings
             .set(0, &settings, 0)
@@ -222,6 +228,33 @@ impl State {
 }
 
 impl State {
+    /// Writes the allow and deny lists: new entries first, then stale ones removed,
+    /// so no moment has fewer rules than either the old or the new list.
+    fn apply_access(&mut self, config: &Config) -> Result<()> {
+        let entries = config.access_entries();
+        for (prefix_len, addr, value) in &entries {
+            self.access
+                .insert(&Key::new(*prefix_len, *addr), value, 0)
+                .context("cannot write the allow/deny map")?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = self
+            .access
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !entries
+                    .iter()
+                    .any(|(l, a, _)| *l == k.prefix_len() && *a == k.data())
+            })
+            .collect();
+        for key in &stale {
+            self.access
+                .remove(key)
+                .context("cannot update the allow/deny map")?;
+        }
+        Ok(())
+    }
+
     /// Lifts `addr`'s ban and forgets its failures. Returns whether it was banned.
     pub fn unban(&mut self, addr: IpAddr) -> Result<bool> {
         let key = SourceAddr { addr: mapped(addr) };

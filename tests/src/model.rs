@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
 use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 use xknock::config::{BanPolicy, Config, Knock, Sequence};
 
@@ -149,6 +150,12 @@ pub struct Progress {
     pub last: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allow,
+    Deny,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct BanRecord {
     window_start: u64,
@@ -174,6 +181,8 @@ pub struct Model {
     /// Bans made so far.
     pub bans_made: u64,
     ban: BanPolicy,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
     bans: HashMap<[u8; 16], BanRecord>,
     flows: HashMap<FlowKey, (u64, u64)>,
 }
@@ -195,6 +204,8 @@ impl Model {
             opens: 0,
             bans_made: 0,
             ban: config.ban,
+            allow: config.allow.clone(),
+            deny: config.deny.clone(),
             bans: HashMap::new(),
             flows: HashMap::new(),
         }
@@ -226,6 +237,29 @@ impl Model {
         })
     }
 
+    /// The allow/deny list's word on `src`: the longest matching prefix decides.
+    pub fn access(&self, src: [u8; 16]) -> Option<Access> {
+        let addr = std::net::Ipv6Addr::from(src).to_canonical();
+        // Prefix lengths compared as over the IPv4-mapped form, as a user would expect
+        // a /24 to be more specific than a /8 whatever the family.
+        let len = |net: &IpNet| match net {
+            IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+            IpNet::V6(n) => u32::from(n.prefix_len()),
+        };
+        let contains = |net: &IpNet| match (net, addr) {
+            (IpNet::V4(n), std::net::IpAddr::V4(a)) => n.contains(&a),
+            (IpNet::V6(n), _) => n.contains(&std::net::Ipv6Addr::from(src)),
+            _ => false,
+        };
+        let best = |list: &[IpNet]| list.iter().filter(|n| contains(n)).map(len).max();
+        match (best(&self.allow), best(&self.deny)) {
+            (Some(a), Some(d)) => Some(if a > d { Access::Allow } else { Access::Deny }),
+            (Some(_), None) => Some(Access::Allow),
+            (None, Some(_)) => Some(Access::Deny),
+            (None, None) => None,
+        }
+    }
+
     /// Whether `src:sport` has a connection to `port` kept from an authorization.
     pub fn kept(&self, src: [u8; 16], sport: u16, port: Knock, now: u64) -> bool {
         let key = FlowKey {
@@ -242,6 +276,19 @@ impl Model {
     fn decide(&mut self, src: [u8; 16], sport: u16, port: Knock, flags: u8, now: u64) -> u32 {
         let syn = port.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let opens = port.proto == PROTO_UDP || syn;
+        let knock_port = self.seqs.iter().any(|s| s.knocks.contains(&port));
+        let protected = self.seqs.iter().any(|s| s.protect.contains(&port));
+        let strict = opens && self.seqs.iter().any(|s| s.strict);
+        if knock_port || protected || strict {
+            // Listed sources are decided by the list and never tracked.
+            match self.access(src) {
+                Some(Access::Deny) if knock_port || protected => return DROP,
+                Some(Access::Allow) if knock_port => return DROP,
+                Some(Access::Allow) if protected => return PASS,
+                Some(_) => return PASS,
+                None => {}
+            }
+        }
         let mut knocked = false;
         let banned = self.banned(src, now);
         for i in 0..self.seqs.len() {

@@ -13,10 +13,14 @@ use xknock::config::{Config, Knock};
 use xknock_tests::{
     fuzz::Gen,
     harness::Harness,
-    model::{DROP, Model, PASS, Parsed, parse},
+    model::{Access, DROP, Model, PASS, Parsed, parse},
 };
 
 const CONFIG: &str = r#"
+# 198.18.7.1-2 denied, 198.18.7.3 allowed inside the denied prefix, fd00:7::4 allowed.
+deny = ["198.18.7.0/30"]
+allow = ["198.18.7.3", "fd00:7::4/128"]
+
 [[sequence]]
 name = "ssh"
 knocks = ["7000/tcp", "8000/udp", "9000/tcp"]
@@ -164,10 +168,17 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
             } => {
                 let port = Knock { port: dport, proto };
                 let protected = config.sequences.iter().any(|s| s.protect.contains(&port));
+                let knock_port = config.sequences.iter().any(|s| s.knocks.contains(&port));
                 let new_conn = proto == 6 && flags & 0x12 == 0x02;
-                protected
-                    && !model.authorized_for(src, port, now)
-                    && (new_conn || !model.kept(src, sport, port, now))
+                match model.access(src) {
+                    Some(Access::Deny) => protected || knock_port,
+                    Some(Access::Allow) => false,
+                    None => {
+                        protected
+                            && !model.authorized_for(src, port, now)
+                            && (new_conn || !model.kept(src, sport, port, now))
+                    }
+                }
             }
             _ => false,
         };

@@ -131,3 +131,48 @@ fn ignore_mode_leaves_progress_alone_on_out_of_order_knocks() {
     h.knock(&[k2]);
     assert_eq!(h.step(A, SSH), None);
 }
+
+const LISTS: &str = r#"
+allow = ["198.18.0.0/24", "fd00:1::/64"]
+deny = ["198.18.0.11", "fd00::/16"]
+
+[[sequence]]
+name = "ssh"
+knocks = ["7000/tcp", "8000/udp", "9000/tcp"]
+protect = ["22/tcp"]
+"#;
+
+#[test]
+fn allow_and_deny_lists_decide_by_longest_prefix() {
+    let h = Harness::with_config(LISTS);
+    // Allowed without knocking, IPv4 and IPv6 (fd00:1::/64 inside the denied fd00::/16).
+    assert_eq!(
+        h.send(&Frame::syn(A, 22)),
+        PASS,
+        "198.18.0.10 is in the allowed /24"
+    );
+    assert_eq!(
+        h.send(&Frame::syn("fd00:1::5", 22)),
+        PASS,
+        "the /64 beats the denied /16"
+    );
+    assert_eq!(h.counter(Counter::PassAllowed), 2);
+    // Denied: the /32 inside the allowed /24, and the rest of fd00::/16. Their knocks
+    // are ignored, so even the right sequence opens nothing.
+    for src in [B, "fd00:2::9"] {
+        h.knock(&ssh_knocks(src));
+        assert_eq!(h.step(src, SSH), None, "{src}'s knocks are ignored");
+        assert!(!h.authorized(src, SSH));
+        assert_eq!(h.send(&Frame::syn(src, 22)), DROP, "{src} is denied");
+        assert_eq!(
+            h.send(&Frame::syn(src, 80)),
+            PASS,
+            "unrelated traffic still passes for {src}"
+        );
+    }
+    assert!(h.counter(Counter::DropDenied) >= 8);
+    // Unlisted sources knock as usual.
+    h.knock(&ssh_knocks("198.18.9.9"));
+    assert_eq!(h.send(&Frame::syn("198.18.9.9", 22)), PASS);
+    assert_eq!(h.send(&Frame::syn("198.18.9.8", 22)), DROP);
+}

@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
+
 use knock_common::{
-    PortRule, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, port_rule_index,
+    ACCESS_ALLOW, ACCESS_DENY, PortRule, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig,
+    Settings, port_rule_index,
 };
 
 use super::{Config, Knock, Sequence, nanos};
@@ -37,8 +40,26 @@ impl Config {
             ban_failures: self.ban.failures,
             ban_window_ns: nanos(self.ban.window),
             ban_for_ns: nanos(self.ban.ban_for),
+            access_rules: u8::from(!self.allow.is_empty() || !self.deny.is_empty()),
             ..base
         }
+    }
+
+    /// The allow/deny map's entries: (prefix length over the IPv4-mapped address,
+    /// address, ACCESS_ALLOW or ACCESS_DENY).
+    pub fn access_entries(&self) -> Vec<(u32, [u8; 16], u8)> {
+        let entry = |net: &IpNet, value: u8| match net {
+            IpNet::V4(n) => (
+                96 + u32::from(n.prefix_len()),
+                n.addr().to_ipv6_mapped().octets(),
+                value,
+            ),
+            IpNet::V6(n) => (u32::from(n.prefix_len()), n.addr().octets(), value),
+        };
+        let allow = self.allow.iter().map(|n| entry(n, ACCESS_ALLOW));
+        allow
+            .chain(self.deny.iter().map(|n| entry(n, ACCESS_DENY)))
+            .collect()
     }
 
     pub fn strict_mask(&self) -> u8 {

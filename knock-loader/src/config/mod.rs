@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ipnet::IpNet;
 use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
 use serde::Deserialize;
 
@@ -99,6 +100,10 @@ pub struct Config {
     pub pin_dir: PathBuf,
     pub sequences: Vec<Sequence>,
     pub ban: BanPolicy,
+    /// Sources that always reach the protected ports (knocks not needed).
+    pub allow: Vec<IpNet>,
+    /// Sources that never do; their knocks are ignored.
+    pub deny: Vec<IpNet>,
 }
 
 /// Brute-force lockout: more than `failures` resets within `window` ban the source

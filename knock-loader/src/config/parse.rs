@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use ipnet::IpNet;
 use knock_common::{MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, TCP_ACK};
 use serde::Deserialize;
 use toml::Spanned;
@@ -32,6 +33,10 @@ struct RawConfig {
     sequence: Vec<Spanned<RawSequence>>,
     #[serde(default)]
     ban: RawBan,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -141,6 +146,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         sequences.push(parse_sequence(&src, raw_seq.get_ref())?);
     }
     check_across(&src, &raw.sequence, &sequences)?;
+    let (allow, deny) = parse_access(&src, &raw.allow, &raw.deny)?;
     let ban = BanPolicy {
         failures: raw.ban.failures.unwrap_or(DEFAULT_BAN_FAILURES),
         window: src.duration(&raw.ban.window, "ban.window", DEFAULT_BAN_WINDOW)?,
@@ -157,6 +163,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         sequences,
         ban,
+        allow,
+        deny,
     })
 }
 
@@ -246,6 +254,53 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         tcp_flags_clear,
     };
     Ok(seq)
+}
+
+/// `allow` and `deny`: CIDR prefixes or single addresses, IPv4 or IPv6; the same
+/// prefix in both is refused (the longest prefix decides, so nesting is fine).
+fn parse_access(
+    src: &Source,
+    allow: &[Spanned<String>],
+    deny: &[Spanned<String>],
+) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+    let parse_list = |list: &[Spanned<String>], key: &str| -> Result<Vec<(IpNet, usize)>> {
+        list.iter()
+            .map(|s| {
+                let text = s.get_ref();
+                let net = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        src.at(
+                            s,
+                            key,
+                            format!("{text:?} is not an address or prefix like 10.0.0.0/8 or fd00::/8"),
+                        )
+                    })?;
+                Ok((net.trunc(), s.span().start))
+            })
+            .collect()
+    };
+    let allow = parse_list(allow, "allow")?;
+    let deny = parse_list(deny, "deny")?;
+    if allow.len() + deny.len() > knock_common::ACCESS_ENTRIES as usize {
+        bail!(
+            "{}: allow and deny hold at most {} prefixes together",
+            src.path.display(),
+            knock_common::ACCESS_ENTRIES
+        );
+    }
+    if let Some((net, at)) = deny.iter().find(|(d, _)| allow.iter().any(|(a, _)| a == d)) {
+        return Err(anyhow::anyhow!(
+            "{}:{}: deny: {net} is also in allow",
+            src.path.display(),
+            src.line(*at)
+        ));
+    }
+    Ok((
+        allow.into_iter().map(|(n, _)| n).collect(),
+        deny.into_iter().map(|(n, _)| n).collect(),
+    ))
 }
 
 /// Checks that need all sequences: unique names, sequences that can be told apart,
