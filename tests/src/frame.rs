@@ -28,6 +28,8 @@ pub struct Frame {
     pub fragment: Option<(u16, bool)>,
     /// Bytes of the L4 header actually present (None: all of it).
     pub l4_bytes: Option<usize>,
+    /// The destination (None: SERVER_V4 or SERVER_V6).
+    pub dst: Option<IpAddr>,
 }
 
 impl Frame {
@@ -43,6 +45,7 @@ impl Frame {
             ipv6_ext: vec![],
             fragment: None,
             l4_bytes: None,
+            dst: None,
         }
     }
 
@@ -97,6 +100,17 @@ impl Frame {
         self
     }
 
+    pub fn dst(mut self, dst: IpAddr) -> Frame {
+        self.dst = Some(dst);
+        self
+    }
+
+    /// The IP packet alone, for a raw socket (no VLAN tags).
+    pub fn ip_packet(&self) -> Vec<u8> {
+        assert!(self.vlans.is_empty(), "a raw IP packet carries no VLAN tags");
+        self.build()[14..].to_vec()
+    }
+
     fn l4(&self) -> Vec<u8> {
         let later_fragment = matches!(self.fragment, Some((off, _)) if off != 0);
         let mut l4 = match self.proto {
@@ -145,7 +159,11 @@ impl Frame {
                 f.extend_from_slice(&frags.to_be_bytes());
                 f.extend_from_slice(&[64, self.proto, 0, 0]);
                 f.extend_from_slice(&src.octets());
-                f.extend_from_slice(&SERVER_V4.parse::<std::net::Ipv4Addr>().expect("v4").octets());
+                let dst = match self.dst {
+                    Some(IpAddr::V4(d)) => d,
+                    _ => SERVER_V4.parse().expect("v4"),
+                };
+                f.extend_from_slice(&dst.octets());
                 // NOP options.
                 f.extend(std::iter::repeat_n(1u8, self.ipv4_option_words as usize * 4));
             }
@@ -178,7 +196,11 @@ impl Frame {
                 f.extend_from_slice(&payload_len.to_be_bytes());
                 f.extend_from_slice(&[first, 64]);
                 f.extend_from_slice(&src.octets());
-                f.extend_from_slice(&SERVER_V6.parse::<std::net::Ipv6Addr>().expect("v6").octets());
+                let dst = match self.dst {
+                    Some(IpAddr::V6(d)) => d,
+                    _ => SERVER_V6.parse().expect("v6"),
+                };
+                f.extend_from_slice(&dst.octets());
                 f.extend_from_slice(&ext);
             }
         }

@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod harness;
 pub mod model;
 pub mod netns;
+pub mod setup;
 
 use std::{
     path::{Path, PathBuf},

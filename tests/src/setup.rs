@@ -1,0 +1,159 @@
+//! One server namespace running OpenSSH's sshd behind `xknock run`, and two client
+//! namespaces, for the end-to-end tests.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    BpfFs,
+    netns::{Hosts, ssh_banner},
+    unique, xknock_bin,
+};
+
+/// The machine has two cores: one end-to-end test at a time keeps timing honest.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub const OPEN_FOR: Duration = Duration::from_secs(3);
+
+/// A server with sshd behind `xknock run`, and two clients: 0 knocks, 1 does not.
+pub struct Setup {
+    pub hosts: Hosts,
+    pub fs: BpfFs,
+    pub dir: PathBuf,
+    pub events: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Self::with_config("")
+    }
+
+    /// Like `new`, with `extra` TOML appended to the sequence (more keys of it, or
+    /// further tables such as `[ban]`).
+    pub fn with_config(extra: &str) -> Setup {
+        let mut hosts = Hosts::new(2);
+        let fs = BpfFs::new();
+        let dir = std::env::temp_dir().join(unique("xknock-e2e-"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("xknock.toml");
+        fs::write(&config, format!(
+            "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000/tcp\", \"8000/udp\", \"9000/tcp\"]\nprotect = [\"22/tcp\"]\nopen_for = \"{}s\"\nstep_timeout = \"5s\"\nsequence_timeout = \"15s\"\n{extra}",
+            OPEN_FOR.as_secs()
+        )).expect("write config");
+        hosts.start_sshd(&dir);
+        let events = dir.join("events.jsonl");
+        let mut setup = Setup {
+            hosts,
+            fs,
+            dir,
+            events,
+        };
+        setup.start_run("events.jsonl");
+        setup.wait_attached();
+        setup
+    }
+
+    /// Starts `xknock run --json` on every server interface, its events going to
+    /// `file` in the test's directory (which becomes the file `events()` reads).
+    pub fn start_run(&mut self, file: &str) {
+        self.events = self.dir.join(file);
+        let out = fs::File::create(&self.events).expect("events file");
+        let (bin, config, pin_dir) = (xknock_bin(), self.dir.join("xknock.toml"), self.fs.pin_dir());
+        let mut args = vec![bin.to_str().expect("utf-8"), "run", "--json"];
+        args.extend([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--pin-dir",
+            pin_dir.to_str().expect("utf-8"),
+        ]);
+        let ifaces = self.hosts.server_ifaces.clone();
+        for iface in &ifaces {
+            args.extend(["--iface", iface.as_str()]);
+        }
+        let server = self.hosts.server.clone();
+        self.hosts.spawn_in(&server, &args, Stdio::from(out));
+    }
+
+    pub fn wait_attached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attached = self.hosts.server_ifaces.iter().all(|i| {
+                self.hosts
+                    .run_in(&self.hosts.server, &["ip", "link", "show", "dev", i])
+                    .1
+                    .contains("xdp")
+            });
+            if attached {
+                return;
+            }
+            assert!(Instant::now() < deadline, "xknock run did not attach within 20s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn client(&self, i: usize) -> &str {
+        &self.hosts.clients[i].ns
+    }
+
+    pub fn reachable(&self, client: usize, addr: IpAddr) -> bool {
+        ssh_banner(self.client(client), addr, 22).is_some()
+    }
+
+    pub fn xknock(&self, ns: &str, args: &[&str]) -> String {
+        let bin = xknock_bin();
+        let mut full = vec![bin.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        let (ok, out) = self.hosts.run_in(ns, &full);
+        assert!(ok, "xknock {args:?} failed: {out}");
+        out
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.events)
+            .expect("events file")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line {l:?} is not JSON: {e}")))
+            .collect()
+    }
+
+    /// `xknock status --json`, run from the server's namespace.
+    pub fn status(&self) -> serde_json::Value {
+        let pin_dir = self.fs.pin_dir();
+        let out = self.xknock(
+            &self.hosts.server,
+            &["status", "--json", "--pin-dir", pin_dir.to_str().expect("utf-8")],
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+    }
+
+    pub fn wait_event(&self, event: &str, source: IpAddr) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["event"] == event && e["source"] == source.to_string())
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} event for {source}; events: {:?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
