@@ -17,7 +17,10 @@ use aya::{
 };
 use knock_common::map_names;
 
-use crate::{EBPF_OBJECT, PROGRAM_NAME, config::XdpMode};
+use crate::{
+    EBPF_OBJECT, PROGRAM_NAME,
+    config::{Limits, XdpMode},
+};
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -50,17 +53,22 @@ pub fn has_pins(pin_dir: &Path) -> bool {
 
 /// Loads the program into the kernel with every map pinned under `pin_dir`; maps
 /// already pinned there are reused, with their contents.
-pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+pub fn load(pin_dir: &Path, limits: &Limits) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
     fs::create_dir_all(pin_dir)
         .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .map_max_entries(map_names::PROGRESS, limits.in_progress)
+        .map_max_entries(map_names::AUTHORIZED, limits.authorized)
+        .map_max_entries(map_names::FLOWS, limits.kept_connections)
+        .map_max_entries(map_names::BANS, limits.ban_records)
         .load(EBPF_OBJECT)
         .with_context(|| {
             format!(
                 "cannot load the eBPF object (needs root or CAP_BPF, and a kernel with BTF); \
-                 if {} holds maps of an older xknock, remove them",
+                 if {} holds maps of an older xknock or of other [limits], remove them \
+                 (their state is lost) or restore the old limits",
                 pin_dir.display()
             )
         })?;

@@ -39,7 +39,7 @@ fn say(line: &str) {
 
 async fn run_async(config: Config, json: bool) -> Result<()> {
     let adopted = attach::has_pins(&config.pin_dir);
-    let mut ebpf = attach::load(&config.pin_dir)?;
+    let mut ebpf = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
     state
         .apply(&config)

@@ -176,3 +176,59 @@ fn allow_and_deny_lists_decide_by_longest_prefix() {
     assert_eq!(h.send(&Frame::syn("198.18.9.9", 22)), PASS);
     assert_eq!(h.send(&Frame::syn("198.18.9.8", 22)), DROP);
 }
+
+#[test]
+fn a_full_authorization_map_refuses_new_ones_loudly_and_keeps_the_old() {
+    let mut h = Harness::with_config(&format!("{BAN_CONFIG}\n[limits]\nauthorized = 2\n"));
+    for src in ["198.18.5.1", "198.18.5.2"] {
+        h.knock(&ssh_knocks(src));
+    }
+    let _ = h.events();
+    h.knock(&ssh_knocks("198.18.5.3"));
+    assert!(!h.authorized("198.18.5.3", SSH), "no room: refused");
+    assert!(
+        h.kinds().iter().any(|(k, _, _)| *k == EventKind::OpenFailed),
+        "refused loudly"
+    );
+    assert_eq!(h.counter(Counter::AuthFull), 1);
+    for src in ["198.18.5.1", "198.18.5.2"] {
+        assert_eq!(
+            h.send(&Frame::syn(src, 22)),
+            PASS,
+            "{src} keeps its authorization"
+        );
+    }
+    assert_eq!(h.send(&Frame::syn("198.18.5.3", 22)), DROP);
+}
+
+#[test]
+fn a_flood_that_evicts_progress_authorizes_nobody_by_accident() {
+    let h = Harness::with_config(&format!("{BAN_CONFIG}\n[limits]\nin_progress = 64\n"));
+    // A source part-way through, then a flood of first knocks from 2,000 others.
+    h.knock(&[Frame::syn(A, 7000), Frame::udp(A, 8000)]);
+    let flood: Vec<String> = (0..2000)
+        .map(|i| format!("198.19.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    for src in &flood {
+        h.knock(&[Frame::syn(src, 7000)]);
+    }
+    let tracked = h.state.progress.keys().count();
+    assert!(tracked <= 64 + 64, "the map holds about its limit, not {tracked}");
+    // Each flooding source now sends the last knock only: nothing may open for it.
+    for src in &flood {
+        h.knock(&[Frame::syn(src, 9000)]);
+        assert!(!h.authorized(src, SSH), "{src} never sent 8000/udp");
+    }
+    // A's progress was evicted (or not): it is authorized only if it really completes.
+    h.knock(&[Frame::syn(A, 9000)]);
+    let evicted = !h.authorized(A, SSH);
+    h.knock(&ssh_knocks(A));
+    assert!(
+        h.authorized(A, SSH),
+        "a full sequence still opens after the flood"
+    );
+    println!(
+        "A's progress was {}evicted by the flood",
+        if evicted { "" } else { "not " }
+    );
+}

@@ -104,6 +104,33 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     /// Sources that never do; their knocks are ignored.
     pub deny: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+/// Sizes of the kernel's tracking maps (`[limits]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// (source, sequence) pairs part-way through a sequence; LRU: the oldest go first.
+    pub in_progress: u32,
+    /// (source, sequence) authorizations; when full, new ones are refused loudly.
+    pub authorized: u32,
+    /// Connections kept past their window; LRU.
+    pub kept_connections: u32,
+    /// Sources with failures or a ban; LRU.
+    pub ban_records: u32,
+}
+
+impl Default for Limits {
+    /// The sizes compiled into the program.
+    fn default() -> Self {
+        Limits {
+            in_progress: 65536,
+            authorized: 16384,
+            kept_connections: 65536,
+            ban_records: 65536,
+        }
+    }
 }
 
 /// Brute-force lockout: more than `failures` resets within `window` ban the source

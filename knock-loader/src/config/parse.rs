@@ -13,7 +13,7 @@ use knock_common::{MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, TCP_ACK};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Sequence, XdpMode};
+use super::{BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -33,6 +33,8 @@ struct RawConfig {
     sequence: Vec<Spanned<RawSequence>>,
     #[serde(default)]
     ban: RawBan,
+    #[serde(default)]
+    limits: Option<Spanned<Limits>>,
     #[serde(default)]
     allow: Vec<Spanned<String>>,
     #[serde(default)]
@@ -81,6 +83,8 @@ const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BAN_FAILURES: u32 = 5;
+/// The largest map `[limits]` may ask for (16M entries: gigabytes of kernel memory).
+const MAX_MAP_ENTRIES: u32 = 1 << 24;
 const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_BAN_FOR: Duration = Duration::from_secs(600);
 
@@ -147,6 +151,21 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
     }
     check_across(&src, &raw.sequence, &sequences)?;
     let (allow, deny) = parse_access(&src, &raw.allow, &raw.deny)?;
+    let limits = match &raw.limits {
+        None => Limits::default(),
+        Some(l) => {
+            let v = *l.get_ref();
+            let sizes = [v.in_progress, v.authorized, v.kept_connections, v.ban_records];
+            if sizes.iter().any(|n| !(1..=MAX_MAP_ENTRIES).contains(n)) {
+                return Err(src.at(
+                    l,
+                    "limits",
+                    format!("each size must be from 1 to {MAX_MAP_ENTRIES}"),
+                ));
+            }
+            v
+        }
+    };
     let ban = BanPolicy {
         failures: raw.ban.failures.unwrap_or(DEFAULT_BAN_FAILURES),
         window: src.duration(&raw.ban.window, "ban.window", DEFAULT_BAN_WINDOW)?,
@@ -165,6 +184,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         ban,
         allow,
         deny,
+        limits,
     })
 }
 
