@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A long differential fuzzing run: the XDP program (BPF_PROG_TEST_RUN) against the
-# reference model (tests/src/model.rs). Needs root.
+# A long fuzzing run: the XDP program (BPF_PROG_TEST_RUN) against the reference model
+# (tests/src/model.rs), then the config parser on mutated configs (a tenth as many).
+# Needs root.
 #   ./scripts/fuzz.sh [FRAMES] [SEED]      defaults: 50 million frames, a random seed
 # A failure prints the frame (hex) and the seed; add the frame to REGRESSIONS in
 # tests/tests/fuzz.rs once fixed.
@@ -15,4 +16,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export XKNOCK_FUZZ_FRAMES=${1:-50000000}
 export XKNOCK_FUZZ_SEED=${2:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
 echo "fuzz.sh: $XKNOCK_FUZZ_FRAMES frames, seed $XKNOCK_FUZZ_SEED"
-cargo test --release --locked -p xknock-tests --test fuzz -- --nocapture
+export XKNOCK_CONFIG_FUZZ=$((XKNOCK_FUZZ_FRAMES / 10))
+cargo test --release --locked -p xknock-tests --test fuzz --test config_fuzz -- --nocapture

@@ -83,6 +83,8 @@ const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BAN_FAILURES: u32 = 5;
+/// Longer is a typo, not a policy (and nanoseconds overflow past 584 years).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The largest map `[limits]` may ask for (16M entries: gigabytes of kernel memory).
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
 const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
@@ -121,6 +123,9 @@ impl Source<'_> {
         })?;
         if d.is_zero() {
             return Err(self.at(value, key, "must be longer than zero"));
+        }
+        if d > MAX_DURATION {
+            return Err(self.at(value, key, "must be at most a year"));
         }
         Ok(d)
     }
@@ -273,6 +278,18 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         tcp_flags_set,
         tcp_flags_clear,
     };
+    if seq.step_timeout > seq.sequence_timeout {
+        let at = raw.step_timeout.as_ref().or(raw.sequence_timeout.as_ref());
+        let message = format!(
+            "step_timeout ({}) is longer than sequence_timeout ({}): it could never apply",
+            humantime::format_duration(seq.step_timeout),
+            humantime::format_duration(seq.sequence_timeout)
+        );
+        return Err(match at {
+            Some(v) => src.at(v, "step_timeout", message),
+            None => src.at(&raw.name, "step_timeout", message),
+        });
+    }
     Ok(seq)
 }
 
