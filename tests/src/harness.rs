@@ -88,25 +88,23 @@ impl Harness {
 
     /// Instructions the verifier processed to accept the program (its limit is 1M).
     pub fn verified_instructions(&self) -> u32 {
-        let prog: &Xdp = self
-            .ebpf
-            .program("xknock")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        prog.info()
+        self.program()
+            .info()
             .expect("program info")
             .verified_instruction_count()
             .expect("kernel reports it")
     }
 
-    pub fn run(&self, bytes: &[u8]) -> u32 {
-        let prog: &Xdp = self
+    fn program(&self) -> &Xdp {
+        let prog = self
             .ebpf
-            .program("xknock")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
+            .program(xknock::PROGRAM_NAME)
+            .expect("the xknock program");
+        prog.try_into().expect("an XDP program")
+    }
+
+    pub fn run(&self, bytes: &[u8]) -> u32 {
+        let prog = self.program();
         let opts = TestRunOptions {
             data_in: Some(bytes),
             ..TestRunOptions::default()
