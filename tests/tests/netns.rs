@@ -309,3 +309,39 @@ fn allow_and_revoke_from_a_second_shell() {
         "{err}"
     );
 }
+
+#[test]
+fn a_brute_forcer_is_banned_and_unban_lifts_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Setup::with_config("\n[ban]\nfailures = 2\nwindow = \"1m\"\nban_for = \"10m\"\n");
+    let server = s.hosts.server_v4[0].to_string();
+    let client = s.hosts.clients[0].v4;
+    let pin = s.fs.pin_dir().to_str().expect("utf-8").to_owned();
+    // Three wrong guesses (step 1, then a knock out of order) ban the source.
+    for _ in 0..3 {
+        s.xknock(s.client(0), &["knock", &server, "7000", "9000"]);
+    }
+    let ban = s.wait_event("ban", client);
+    assert_eq!(ban["for"], "10m", "{ban}");
+    assert_eq!(s.status()["banned"][0]["source"], client.to_string());
+    // Banned: even the right sequence opens nothing.
+    s.xknock(s.client(0), &["knock", &server, "7000", "8000/udp", "9000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.reachable(0, s.hosts.server_v4[0]),
+        "a banned source stays locked out"
+    );
+    let out = s.xknock(
+        &s.hosts.server,
+        &["unban", &client.to_string(), "--pin-dir", &pin],
+    );
+    assert!(out.contains("no longer banned"), "{out}");
+    let unban = s.wait_event("unban", client);
+    assert_eq!(unban["reason"], "lifted", "{unban}");
+    s.xknock(s.client(0), &["knock", &server, "7000", "8000/udp", "9000"]);
+    s.wait_event("open", client);
+    assert!(
+        s.reachable(0, s.hosts.server_v4[0]),
+        "knocking works again after unban"
+    );
+}
