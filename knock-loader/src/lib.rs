@@ -13,5 +13,8 @@ pub mod status;
 /// The XDP program, built by build.rs from the knock-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 
+/// An XDP program that passes everything: the baseline benchmarks compare against.
+pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
+
 /// The XDP program's name in the object.
 pub const PROGRAM_NAME: &str = "xknock";

@@ -41,6 +41,16 @@ pub const A: &str = "198.18.0.10";
 pub const B: &str = "198.18.0.11";
 pub const A6: &str = "fd00::10";
 
+/// Average time of one run of `bytes` through `prog`, over `repeat` runs.
+pub fn time_program(prog: &Xdp, bytes: &[u8], repeat: u32) -> Duration {
+    let opts = TestRunOptions {
+        data_in: Some(bytes),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    prog.test_run(opts).expect("BPF_PROG_TEST_RUN").duration
+}
+
 /// Where the frozen clock starts (any nonzero time).
 const START: Duration = Duration::from_secs(1000);
 
@@ -51,7 +61,7 @@ pub struct Harness {
     /// The frozen policy clock.
     now: Duration,
     // Last: unmounted after the program and maps are closed.
-    _fs: BpfFs,
+    fs: BpfFs,
 }
 
 impl Default for Harness {
@@ -82,8 +92,18 @@ impl Harness {
             state,
             events,
             now: START,
-            _fs: fs,
+            fs,
         }
+    }
+
+    /// Where the maps are pinned (for `bpftool`).
+    pub fn pin_dir(&self) -> std::path::PathBuf {
+        self.fs.pin_dir()
+    }
+
+    /// Average time of one run of `bytes` over `repeat` runs in the kernel.
+    pub fn time(&self, bytes: &[u8], repeat: u32) -> Duration {
+        time_program(self.program(), bytes, repeat)
     }
 
     /// Instructions the verifier processed to accept the program (its limit is 1M).

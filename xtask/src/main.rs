@@ -19,11 +19,15 @@ enum Task {
     /// `cargo build` of the loader does the same through its build script; this is for
     /// inspecting the object (e.g. `bpftool btf dump file ...`, `llvm-objdump -S ...`).
     BuildEbpf,
+    /// Benchmark the XDP program against an empty one in the same run (needs root);
+    /// prints a table and writes bench/results/kernel.{md,csv}.
+    Bench,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(),
+        Task::Bench => bench(),
     }
 }
 
@@ -50,5 +54,24 @@ fn build_ebpf() -> Result<()> {
         bail!("building knock-ebpf failed ({status})");
     }
     println!("target/bpfel-unknown-none/release/knock-ebpf");
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    let status = Command::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-p",
+            "xknock-tests",
+            "--bin",
+            "xknock-bench",
+        ])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("the benchmark failed ({status}); it needs root");
+    }
     Ok(())
 }
