@@ -17,6 +17,14 @@ use xknock_tests::{
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 5;
 const SOURCES: [u32; 3] = [1_000, 65_536, 1_048_576];
+/// XKNOCK_BENCH_QUICK=1: only the 1k case (for trying changes).
+fn sources() -> &'static [u32] {
+    if std::env::var_os("XKNOCK_BENCH_QUICK").is_some() {
+        &SOURCES[..1]
+    } else {
+        &SOURCES
+    }
+}
 
 const CONFIG: &str = r#"
 [[sequence]]
@@ -45,6 +53,8 @@ authorized = 1048640
 fn paths() -> Vec<(&'static str, Frame)> {
     vec![
         ("unrelated TCP SYN", Frame::syn("198.18.1.1", 80)),
+        ("unrelated TCP ACK", Frame::syn("198.18.1.1", 80).flags(ACK)),
+        ("unrelated UDP", Frame::udp("198.18.1.1", 53)),
         ("stray knock (no progress)", Frame::syn("198.18.1.2", 9000)),
         ("knock, repeat of the step taken", Frame::udp("198.18.1.3", 8000)),
         ("knock completing a sequence", Frame::udp("198.18.1.4", 6000)),
@@ -123,7 +133,7 @@ fn main() {
     );
     let mut csv = String::from("path,sources,xknock_ns,empty_ns,over_ns,ratio\n");
     let mut over_by_path: Vec<(&str, u32, f64)> = vec![];
-    for n in SOURCES {
+    for &n in sources() {
         let mut h = Harness::with_config(CONFIG);
         // Real time for benchmarks: the frozen test clock would skip the clock helper.
         h.state.set_test_clock(None).expect("real clock");
@@ -140,7 +150,7 @@ fn main() {
             let _ = writeln!(csv, "{name},{n},{ours:.1},{base:.1},{over:.1},{ratio:.3}");
             over_by_path.push((name, n, over));
         }
-        if n == SOURCES[SOURCES.len() - 1] {
+        if n == *sources().last().expect("a size") {
             let _ = writeln!(md, "\n| map | kernel bytes per entry |\n|---|---:|");
             for map in [
                 map_names::PROGRESS,
