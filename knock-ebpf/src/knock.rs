@@ -78,7 +78,8 @@ impl Knocker<'_> {
         // SAFETY: the callback has bpf_loop's signature and reads `round` only.
         unsafe {
             bpf_loop(
-                MAX_SEQUENCES as u32,
+                // Up to the highest sequence concerned, usually the first few.
+                (u8::BITS - (knock_mask | strict_mask).leading_zeros()).min(MAX_SEQUENCES as u32),
                 one_sequence as *mut c_void,
                 (&raw mut round).cast(),
                 0,

@@ -85,7 +85,9 @@ fn decide(packet: &Packet) -> (u32, Counter) {
         settings: &settings,
         now,
     };
-    knocker.track(rule.knock_mask, strict_mask);
+    if rule.knock_mask | strict_mask != 0 {
+        knocker.track(rule.knock_mask, strict_mask);
+    }
     if rule.knock_mask != 0 {
         (XDP_DROP, Counter::DropKnock)
     } else if rule.protect_mask != 0 {
