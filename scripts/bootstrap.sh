@@ -19,7 +19,6 @@ APT_PACKAGES=(
   iproute2 bpftool                                     # namespaces, veth, map dumps
   openssh-server openssh-client                        # the protected service
   knockd nmap                                          # third-party knock clients
-  netcat-openbsd                                       # banner reads in the demo
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -8,9 +8,9 @@ mod knock;
 mod maps;
 mod parse;
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    btf_maps::lpm_trie::Key,
     helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
