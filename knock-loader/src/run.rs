@@ -24,6 +24,14 @@ pub fn run(config: Config, json: bool) -> Result<()> {
     if config.interfaces.is_empty() {
         bail!("no interface: give --iface IFACE or set interface in the config");
     }
+    // Checked before anything is loaded or pinned.
+    for iface in &config.interfaces {
+        let name = std::ffi::CString::new(iface.as_str()).with_context(|| format!("interface name {iface:?}"))?;
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            bail!("no network interface named {iface:?} (see `ip link`)");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
