@@ -43,7 +43,7 @@ impl Setup {
         fs::create_dir_all(&dir).expect("temp dir");
         let config = dir.join("xknock.toml");
         fs::write(&config, format!(
-            "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000/tcp\", \"8000/udp\", \"9000/tcp\"]\nprotect = [\"22/tcp\"]\nopen_for = \"{}s\"\nstep_timeout = \"5s\"\nsequence_timeout = \"15s\"\n{extra}",
+            "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000/tcp\", \"8000/udp\", \"9000/tcp\"]\nprotect = [\"22/tcp\"]\nopen_for = \"{}s\"\nstep_timeout = \"10s\"\nsequence_timeout = \"15s\"\n{extra}",
             OPEN_FOR.as_secs()
         )).expect("write config");
         hosts.start_sshd(&dir);
