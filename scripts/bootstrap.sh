@@ -16,7 +16,7 @@ LLVM_PREFIX=/usr/lib/llvm-22
 # Debian packages: LLVM 22 for bpf-linker, and the real peers the tests and demo use.
 APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev   # bpf-linker against LLVM 22
-  iproute2 bpftool                                     # namespaces, veth, map dumps
+  iproute2 bpftool ethtool                             # namespaces, veth, map dumps, stats
   openssh-server openssh-client                        # the protected service
   knockd nmap                                          # third-party knock clients
 )

@@ -26,7 +26,8 @@ pub fn run(config: Config, json: bool) -> Result<()> {
     }
     // Checked before anything is loaded or pinned.
     for iface in &config.interfaces {
-        let name = std::ffi::CString::new(iface.as_str()).with_context(|| format!("interface name {iface:?}"))?;
+        let name =
+            std::ffi::CString::new(iface.as_str()).with_context(|| format!("interface name {iface:?}"))?;
         // SAFETY: a NUL-terminated name; the call only reads it.
         if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
             bail!("no network interface named {iface:?} (see `ip link`)");

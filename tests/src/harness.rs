@@ -115,6 +115,15 @@ impl Harness {
             .expect("kernel reports it")
     }
 
+    /// The loaded program, to attach it somewhere (the live benchmark).
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        let prog = self
+            .ebpf
+            .program_mut(xknock::PROGRAM_NAME)
+            .expect("the xknock program");
+        prog.try_into().expect("an XDP program")
+    }
+
     fn program(&self) -> &Xdp {
         let prog = self
             .ebpf

@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod fuzz;
 pub mod harness;
+pub mod live;
 pub mod model;
 pub mod netns;
 pub mod setup;

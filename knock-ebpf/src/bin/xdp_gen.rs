@@ -1,0 +1,53 @@
+//! The benchmark's traffic generator: run with live frames, it transmits every frame
+//! out of the interface it is run on. With GEN_VARY set, each frame gets a new IPv4
+//! source address (198.19.x.y from a per-CPU counter), as a flood from many sources.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_TX,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Entry 0 nonzero: vary the source address. Written by the benchmark.
+#[map]
+static GEN_VARY: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Frames sent on this CPU, the source of the varying addresses. Written here.
+#[map]
+static GEN_COUNT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of the IPv4 source address in an untagged frame.
+const SRC: usize = 14 + 12;
+
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + SRC + 4 > end {
+        return XDP_TX;
+    }
+    let src = (start + SRC) as *mut [u8; 4];
+    if GEN_VARY.get(0).is_some_and(|v| *v != 0)
+        && let Some(count) = GEN_COUNT.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU slot, and a write within the bounds checked above.
+        unsafe {
+            *count = (*count).wrapping_add(1);
+            let [_, _, hi, lo] = (*count).to_be_bytes();
+            *src = [198, 19, hi, lo];
+        }
+    }
+    XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
