@@ -96,7 +96,7 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
     let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<()> {
         let now = state.now_ns()?;
         while let Some(item) = ring.next() {
-            if let Some(ev) = bytemuck::try_from_bytes::<Event>(&item).ok().copied()
+            if let Some(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item).ok()
                 && let Some(line) = events.from_kernel(&ev, now)
             {
                 print(line);

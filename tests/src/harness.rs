@@ -189,7 +189,7 @@ impl Harness {
     pub fn events(&mut self) -> Vec<Event> {
         let mut out = vec![];
         while let Some(item) = self.events.next() {
-            out.push(*bytemuck::from_bytes::<Event>(&item));
+            out.push(bytemuck::pod_read_unaligned::<Event>(&item));
         }
         out
     }
