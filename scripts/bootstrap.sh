@@ -19,6 +19,7 @@ APT_PACKAGES=(
   iproute2 bpftool ethtool                             # namespaces, veth, map dumps, stats
   openssh-server openssh-client                        # the protected service
   knockd nmap                                          # third-party knock clients
+  iptables nftables                                    # the alternatives benchmarked
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -184,3 +184,144 @@ impl Default for Generator {
         Self::new()
     }
 }
+
+/// The ArchWiki `recent` recipe, for the sequence 7000/tcp 8000/udp 9000/tcp
+/// protecting 22/tcp: each gate remembers the source in a list, the next knock moves it
+/// on, anything else sends it back to the first gate.
+pub const IPTABLES_RECENT: &str = "*filter
+:INPUT ACCEPT [0:0]
+:KNOCKING - [0:0]
+:GATE1 - [0:0]
+:GATE2 - [0:0]
+:GATE3 - [0:0]
+:PASSED - [0:0]
+-A INPUT -j KNOCKING
+-A GATE1 -p tcp --dport 7000 -m recent --name AUTH1 --set -j DROP
+-A GATE1 -j DROP
+-A GATE2 -m recent --name AUTH1 --remove
+-A GATE2 -p udp --dport 8000 -m recent --name AUTH2 --set -j DROP
+-A GATE2 -j GATE1
+-A GATE3 -m recent --name AUTH2 --remove
+-A GATE3 -p tcp --dport 9000 -m recent --name AUTH3 --set -j DROP
+-A GATE3 -j GATE1
+-A PASSED -m recent --name AUTH3 --remove
+-A PASSED -p tcp --dport 22 -j ACCEPT
+-A PASSED -j GATE1
+-A KNOCKING -m recent --rcheck --seconds 30 --name AUTH3 -j PASSED
+-A KNOCKING -m recent --rcheck --seconds 10 --name AUTH2 -j GATE3
+-A KNOCKING -m recent --rcheck --seconds 10 --name AUTH1 -j GATE2
+-A KNOCKING -j GATE1
+COMMIT
+";
+
+/// The same sequence with nftables sets (timeouts on the set elements).
+pub const NFTABLES_SETS: &str = "table inet knock {
+  set stage1 { type ipv4_addr; flags timeout; timeout 10s; }
+  set stage2 { type ipv4_addr; flags timeout; timeout 10s; }
+  set allowed { type ipv4_addr; flags timeout; timeout 30s; }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    counter
+    tcp dport 22 ip saddr @allowed accept
+    tcp dport 22 drop
+    tcp dport 7000 add @stage1 { ip saddr } drop
+    udp dport 8000 ip saddr @stage1 add @stage2 { ip saddr } drop
+    tcp dport 9000 ip saddr @stage2 add @allowed { ip saddr } drop
+  }
+}
+";
+
+/// A netfilter knocking ruleset in the receiver, behind an XDP program that passes all.
+#[derive(Clone, Copy)]
+pub enum Netfilter {
+    IptablesRecent,
+    NftablesSets,
+}
+
+impl Netfilter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Netfilter::IptablesRecent => "iptables recent (ArchWiki)",
+            Netfilter::NftablesSets => "nftables sets",
+        }
+    }
+
+    /// Installs the ruleset in the pair's receiver namespace.
+    pub fn install(self, pair: &Pair) {
+        let (tool, text) = match self {
+            Netfilter::IptablesRecent => ("iptables-restore", IPTABLES_RECENT),
+            Netfilter::NftablesSets => ("nft", NFTABLES_SETS),
+        };
+        let path = std::env::temp_dir().join(unique("xknock-rules-"));
+        std::fs::write(&path, text).expect("write the ruleset");
+        let path_str = path.to_str().expect("utf-8");
+        let args: Vec<&str> = match self {
+            Netfilter::IptablesRecent => vec!["ip", "netns", "exec", &pair.rx_ns, tool, path_str],
+            Netfilter::NftablesSets => vec!["ip", "netns", "exec", &pair.rx_ns, tool, "-f", path_str],
+        };
+        sh(&args);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Packets the ruleset has looked at so far (its INPUT entry counter).
+    pub fn packets(self, pair: &Pair) -> u64 {
+        let out = match self {
+            Netfilter::IptablesRecent => sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &pair.rx_ns,
+                "iptables",
+                "-L",
+                "INPUT",
+                "-v",
+                "-x",
+                "-n",
+            ]),
+            Netfilter::NftablesSets => sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &pair.rx_ns,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "knock",
+                "input",
+            ]),
+        };
+        match self {
+            // "  pkts bytes target ..." rows: the KNOCKING jump is the only rule.
+            Netfilter::IptablesRecent => out
+                .lines()
+                .find(|l| l.contains("KNOCKING"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .expect("the INPUT counter"),
+            Netfilter::NftablesSets => out
+                .split("counter packets ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .expect("the chain counter"),
+        }
+    }
+}
+
+impl Pair {
+    /// The receiver's MAC address, so generated frames reach its IP stack.
+    pub fn rx_mac(&self) -> [u8; 6] {
+        let out = sh(&["ip", "-n", &self.rx_ns, "link", "show", "dev", &self.rx_if]);
+        let mac = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("a MAC");
+        let bytes: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+            .collect();
+        bytes.try_into().expect("six bytes")
+    }
+}
