@@ -93,17 +93,20 @@ impl Drop for BpfFs {
     }
 }
 
-/// The `xknock` binary next to the test executable (target/<profile>/xknock).
+/// The `xknock` binary of the same build: target/<profile>/xknock, beside a binary
+/// or one level above a test executable (target/<profile>/deps/).
 pub fn xknock_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("xknock");
+    let dir = exe.parent().expect("target dir");
+    let beside = dir.join("xknock");
+    let bin = if beside.exists() {
+        beside
+    } else {
+        dir.parent().expect("target dir").join("xknock")
+    };
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build --workspace`, as scripts/test.sh does)",
+        "{} is missing: build it first (`cargo build`, as scripts/test.sh does)",
         bin.display()
     );
     bin

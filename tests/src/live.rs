@@ -77,6 +77,18 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// The names of a pair another owner keeps (and removes): for a second thread.
+    pub fn borrowed(gen_ns: String, gen_if: String) -> std::mem::ManuallyDrop<Pair> {
+        std::mem::ManuallyDrop::new(Pair {
+            gen_ns,
+            rx_ns: String::new(),
+            gen_if,
+            rx_if: String::new(),
+        })
+    }
+}
+
 impl Default for Pair {
     fn default() -> Self {
         Self::new()
@@ -323,5 +335,61 @@ impl Pair {
             .map(|b| u8::from_str_radix(b, 16).expect("hex"))
             .collect();
         bytes.try_into().expect("six bytes")
+    }
+}
+
+impl Netfilter {
+    /// Whether the ruleset has authorized `addr` (it completed the sequence).
+    pub fn authorized(self, pair: &Pair, addr: &str) -> bool {
+        let out = match self {
+            Netfilter::IptablesRecent => sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &pair.rx_ns,
+                "cat",
+                "/proc/net/xt_recent/AUTH3",
+            ]),
+            Netfilter::NftablesSets => sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &pair.rx_ns,
+                "nft",
+                "list",
+                "set",
+                "inet",
+                "knock",
+                "allowed",
+            ]),
+        };
+        out.contains(&format!("{addr} "))
+            || out.contains(&format!("{addr},"))
+            || out.contains(&format!("{addr} }}"))
+    }
+
+    /// Forgets every authorization.
+    pub fn forget(self, pair: &Pair) {
+        match self {
+            Netfilter::IptablesRecent => {
+                let path = "/proc/net/xt_recent/AUTH3";
+                let cmd = format!("echo / > {path}");
+                sh(&["ip", "netns", "exec", &pair.rx_ns, "sh", "-c", &cmd]);
+            }
+            Netfilter::NftablesSets => {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &pair.rx_ns,
+                    "nft",
+                    "flush",
+                    "set",
+                    "inet",
+                    "knock",
+                    "allowed",
+                ]);
+            }
+        }
     }
 }

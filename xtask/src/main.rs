@@ -58,6 +58,14 @@ fn build_ebpf() -> Result<()> {
 }
 
 fn bench() -> Result<()> {
+    // The flood-resilience part runs the real `xknock knock` client.
+    let built = Command::new("cargo")
+        .args(["build", "--release", "--locked", "-p", "knock-loader"])
+        .status()
+        .context("cannot run cargo")?;
+    if !built.success() {
+        bail!("building xknock failed ({built})");
+    }
     let status = Command::new("cargo")
         .args([
             "run",

@@ -12,7 +12,7 @@ use xknock_tests::{
     frame::{ACK, Frame},
     harness::{Harness, time_program},
     live::{Generator, Netfilter, Pair, attach_native},
-    require_root,
+    require_root, sh,
 };
 
 const REPEAT: u32 = 200_000;
@@ -274,6 +274,109 @@ fn side_by_side(md: &mut String, csv: &mut String) {
     eprintln!("side by side: done");
 }
 
+const LEGIT_ATTEMPTS: usize = 20;
+
+/// Legitimate knocks during a flood of first knocks (7000/tcp) from random sources at
+/// the generator's full rate: how many of LEGIT_ATTEMPTS real `xknock knock` runs from
+/// the generator's namespace still open, for xknock and for each netfilter ruleset.
+fn flood_resilience(md: &mut String, csv: &mut String) {
+    let _ = writeln!(
+        md,
+        "\n| legitimate knocks during a knock flood | succeeded | flood the filter saw, Mpps |\n|---|---:|---:|"
+    );
+    let xknock = xknock_tests::xknock_bin();
+    let bin = xknock.to_str().expect("utf-8").to_owned();
+    let attempts = |pair: &Pair, seen: &dyn Fn() -> u64, opened: &dyn Fn() -> bool, reset: &dyn Fn()| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (gen_pair, flag) = ((pair.gen_ns.clone(), pair.gen_if.clone()), stop.clone());
+        let mut frame = Frame::syn("198.18.100.2", 7000)
+            .dst("198.18.100.1".parse().expect("addr"))
+            .build();
+        frame[..6].copy_from_slice(&pair.rx_mac());
+        let flood = std::thread::spawn(move || {
+            let pair = Pair::borrowed(gen_pair.0, gen_pair.1);
+            let mut generator = Generator::new();
+            // Bounded: at most 60 batches (about half a minute).
+            for _ in 0..60 {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                generator.send(&pair, &frame, LIVE_FRAMES / 4, true);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (seen_before, started) = (seen(), std::time::Instant::now());
+        let mut ok = 0;
+        for _ in 0..LEGIT_ATTEMPTS {
+            let args = [
+                bin.as_str(),
+                "knock",
+                "198.18.100.1",
+                "7000",
+                "8000/udp",
+                "9000",
+                "--delay",
+                "20ms",
+            ];
+            sh(&[&["ip", "netns", "exec", &pair.gen_ns][..], &args[..]].concat());
+            std::thread::sleep(Duration::from_millis(50));
+            if opened() {
+                ok += 1;
+                reset();
+            }
+        }
+        let rate = (seen() - seen_before) as f64 / started.elapsed().as_secs_f64() / 1e6;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().expect("flood thread");
+        (ok, rate)
+    };
+    let mut rows: Vec<(String, (usize, f64))> = vec![];
+    {
+        let pair = Pair::new();
+        let mut h = Harness::with_config(CONFIG);
+        h.state.set_test_clock(None).expect("real clock");
+        attach_native(&pair, h.program_mut());
+        let client: std::net::IpAddr = "198.18.100.2".parse().expect("addr");
+        let h = std::cell::RefCell::new(h);
+        let ok = attempts(
+            &pair,
+            &|| pair.received(),
+            &|| {
+                let h = h.borrow();
+                let key = xknock::maps::source_key(client, 0);
+                h.state.authorized.get(&key, 0).is_ok()
+            },
+            &|| {
+                let _ = h.borrow_mut().state.revoke(client, None);
+            },
+        );
+        rows.push(("xknock (XDP)".into(), ok));
+    }
+    for nf in [Netfilter::IptablesRecent, Netfilter::NftablesSets] {
+        let pair = Pair::new();
+        let mut pass = pass_object_loader();
+        let prog: &mut Xdp = pass
+            .program_mut("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("xdp");
+        attach_native(&pair, prog);
+        nf.install(&pair);
+        let ok = attempts(
+            &pair,
+            &|| nf.packets(&pair),
+            &|| nf.authorized(&pair, "198.18.100.2"),
+            &|| nf.forget(&pair),
+        );
+        rows.push((nf.name().into(), ok));
+    }
+    for (name, (ok, rate)) in rows {
+        let _ = writeln!(md, "| {name} | {ok}/{LEGIT_ATTEMPTS} | {rate:.2} |");
+        let _ = writeln!(csv, "flood-resilience {name},,{ok},{LEGIT_ATTEMPTS},,{rate:.3}");
+    }
+    eprintln!("flood resilience: done");
+}
+
 fn main() {
     require_root();
     let mut empty = Ebpf::load(xknock::PASS_OBJECT).expect("load the empty program");
@@ -341,6 +444,7 @@ fn main() {
     );
     live(&mut md, &mut csv, pass_object_loader);
     side_by_side(&mut md, &mut csv);
+    flood_resilience(&mut md, &mut csv);
     let dir = Path::new("bench/results");
     fs::create_dir_all(dir).expect("bench/results");
     fs::write(dir.join("kernel.md"), &md).expect("write kernel.md");
