@@ -79,19 +79,18 @@ fn decide(packet: &Packet) -> (u32, Counter) {
             _ => {}
         }
     }
-    let now = now_ns(&settings);
-    let knocker = knock::Knocker {
-        packet,
-        settings: &settings,
-        now,
-    };
     if rule.knock_mask | strict_mask != 0 {
+        let knocker = knock::Knocker {
+            packet,
+            settings: &settings,
+            now: now_ns(&settings),
+        };
         knocker.track(rule.knock_mask, strict_mask);
     }
     if rule.knock_mask != 0 {
         (XDP_DROP, Counter::DropKnock)
     } else if rule.protect_mask != 0 {
-        guard(packet, rule.protect_mask, &settings, now)
+        guard(packet, rule.protect_mask, &settings)
     } else {
         (XDP_PASS, Counter::PassOther)
     }
@@ -107,7 +106,16 @@ fn access(src: &[u8; 16]) -> u8 {
 /// The verdict for a packet to a protected port. Out of line, so that its stack is
 /// not added to the knock path's (the verifier allows 512 bytes along a call chain).
 #[inline(never)]
-fn guard(packet: &Packet, protect_mask: u8, settings: &Settings, now: u64) -> (u32, Counter) {
+fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counter) {
+    // Read the clock only once something is found to compare with: a source with no
+    // connection and no authorization is dropped without it.
+    let mut clock = 0u64;
+    let mut now = || {
+        if clock == 0 {
+            clock = now_ns(settings);
+        }
+        clock
+    };
     let flow_key = FlowKey {
         addr: packet.src,
         src_port: packet.src_port,
@@ -123,6 +131,7 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings, now: u64) -> (u
         // SAFETY: the pointer is to a map value; concurrent refreshes only race on
         // which of two current times is stored.
         let flow = unsafe { &mut *flow };
+        let now = now();
         let idle = now.saturating_sub(flow.last_ns);
         if idle <= flow.idle_timeout_ns {
             if idle > FLOW_REFRESH_NS {
@@ -146,6 +155,7 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings, now: u64) -> (u
         };
         // A ban closes the ports to a source even if it holds an authorization; it is
         // checked only here, so drops of unauthorized sources cost no extra lookup.
+        let now = now();
         if now >= auth.expires_ns || knock::banned(&packet.src, settings, now) {
             continue;
         }
