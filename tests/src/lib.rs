@@ -2,6 +2,7 @@
 //! hosts in network namespaces. Everything a test creates is named uniquely for the
 //! run and removed on drop, also when the test panics.
 
+pub mod chart;
 pub mod frame;
 pub mod fuzz;
 pub mod harness;

@@ -449,5 +449,6 @@ fn main() {
     fs::create_dir_all(dir).expect("bench/results");
     fs::write(dir.join("kernel.md"), &md).expect("write kernel.md");
     fs::write(dir.join("kernel.csv"), &csv).expect("write kernel.csv");
+    xknock_tests::chart::kernel_cost(&dir.join("kernel.svg"), &over_by_path).expect("draw kernel.svg");
     print!("{md}");
 }
