@@ -248,16 +248,7 @@ fn side_by_side(md: &mut String, csv: &mut String) {
         rows.push(("xknock (XDP)".into(), flood(&pair, &|p: &Pair| p.received())));
     }
     for nf in [Netfilter::IptablesRecent, Netfilter::NftablesSets] {
-        let pair = Pair::new();
-        let mut pass = pass_object_loader();
-        let prog: &mut Xdp = pass
-            .program_mut("xdp_pass")
-            .expect("xdp_pass")
-            .try_into()
-            .expect("xdp");
-        // veth delivers XDP_TX frames only to a peer with an XDP program: the empty one.
-        attach_native(&pair, prog);
-        nf.install(&pair);
+        let (pair, _pass) = netfilter_pair(nf);
         rows.push((nf.name().into(), flood(&pair, &|p: &Pair| nf.packets(p))));
     }
     for (name, (mpps, cpu)) in &rows {
@@ -272,6 +263,21 @@ fn side_by_side(md: &mut String, csv: &mut String) {
         );
     }
     eprintln!("side by side: done");
+}
+
+/// A veth pair whose receiver runs `nf` behind the empty XDP program (veth hands
+/// XDP_TX frames only to a peer with an XDP program). Keep the Ebpf while measuring.
+fn netfilter_pair(nf: Netfilter) -> (Pair, Ebpf) {
+    let pair = Pair::new();
+    let mut pass = pass_object_loader();
+    let prog: &mut Xdp = pass
+        .program_mut("xdp_pass")
+        .expect("xdp_pass")
+        .try_into()
+        .expect("xdp");
+    attach_native(&pair, prog);
+    nf.install(&pair);
+    (pair, pass)
 }
 
 const LEGIT_ATTEMPTS: usize = 20;
@@ -353,15 +359,7 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
         rows.push(("xknock (XDP)".into(), ok));
     }
     for nf in [Netfilter::IptablesRecent, Netfilter::NftablesSets] {
-        let pair = Pair::new();
-        let mut pass = pass_object_loader();
-        let prog: &mut Xdp = pass
-            .program_mut("xdp_pass")
-            .expect("xdp_pass")
-            .try_into()
-            .expect("xdp");
-        attach_native(&pair, prog);
-        nf.install(&pair);
+        let (pair, _pass) = netfilter_pair(nf);
         let ok = attempts(
             &pair,
             &|| nf.packets(&pair),
