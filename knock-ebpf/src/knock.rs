@@ -56,8 +56,8 @@ pub fn banned(src: &[u8; 16], settings: &Settings, now: u64) -> bool {
 impl Knocker<'_> {
     /// Updates the source's progress in every sequence the packet concerns: those it
     /// is a knock of (`knock_mask`) and the strict ones, which see all its SYNs and
-    /// datagrams. A banned source's packets change nothing; a packet that costs the
-    /// source its progress in any sequence counts as one failure towards a ban.
+    /// datagrams. A banned source's packets change nothing; every reset counts as a
+    /// failure towards a ban.
     #[inline(always)]
     pub fn track(&self, knock_mask: u8, strict_mask: u8) {
         if banned(&self.packet.src, self.settings, self.now) {
