@@ -29,6 +29,12 @@ pub struct Setup {
     pub events: PathBuf,
 }
 
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Setup {
     pub fn new() -> Setup {
         Self::with_config("")
