@@ -368,28 +368,85 @@ impl Netfilter {
             || out.contains(&format!("{addr} }}"))
     }
 
-    /// Forgets every authorization.
+    /// Forgets everything the ruleset holds (every stage and every authorization), so
+    /// that each attempt starts from nothing.
     pub fn forget(self, pair: &Pair) {
         match self {
             Netfilter::IptablesRecent => {
-                let path = "/proc/net/xt_recent/AUTH3";
-                let cmd = format!("echo / > {path}");
-                sh(&["ip", "netns", "exec", &pair.rx_ns, "sh", "-c", &cmd]);
+                let cmd = "for l in AUTH1 AUTH2 AUTH3; do echo / > /proc/net/xt_recent/$l; done";
+                sh(&["ip", "netns", "exec", &pair.rx_ns, "sh", "-c", cmd]);
             }
             Netfilter::NftablesSets => {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &pair.rx_ns,
-                    "nft",
-                    "flush",
-                    "set",
-                    "inet",
-                    "knock",
-                    "allowed",
-                ]);
+                for set in ["stage1", "stage2", "allowed"] {
+                    sh(&[
+                        "ip",
+                        "netns",
+                        "exec",
+                        &pair.rx_ns,
+                        "nft",
+                        "flush",
+                        "set",
+                        "inet",
+                        "knock",
+                        set,
+                    ]);
+                }
             }
         }
+    }
+}
+
+/// knockd listening on the pair's receiver, opening the sequence with an iptables rule
+/// (its `command`), as the ArchWiki page sets it up. Stopped on drop.
+pub struct Knockd {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Knockd {
+    pub fn start(pair: &Pair) -> Knockd {
+        let dir = std::env::temp_dir().join(unique("xknock-knockd-"));
+        std::fs::create_dir_all(&dir).expect("knockd dir");
+        let config = dir.join("knockd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "[options]\n    logfile = {}\n[open]\n    sequence = 7000:tcp,8000:udp,9000:tcp\n    seq_timeout = 15\n    \
+                 tcpflags = syn\n    command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n",
+                dir.join("knockd.log").display()
+            ),
+        )
+        .expect("knockd.conf");
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", pair.rx_ns))
+            .args(["--", "knockd", "-i", &pair.rx_if, "-c"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start knockd");
+        // knockd opens its capture asynchronously.
+        std::thread::sleep(Duration::from_millis(500));
+        Knockd { child, dir }
+    }
+
+    /// Whether knockd has run its command for `addr`.
+    pub fn authorized(&self, pair: &Pair, addr: &str) -> bool {
+        sh(&["ip", "netns", "exec", &pair.rx_ns, "iptables", "-S", "INPUT"])
+            .contains(&format!("-s {addr}/32"))
+    }
+
+    /// Removes the rules knockd added (its own state for a source ends when the
+    /// sequence completes).
+    pub fn forget(&self, pair: &Pair) {
+        sh(&["ip", "netns", "exec", &pair.rx_ns, "iptables", "-F", "INPUT"]);
+    }
+}
+
+impl Drop for Knockd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -11,7 +11,7 @@ use knock_common::{Authorization, Progress, map_names};
 use xknock_tests::{
     frame::{ACK, Frame},
     harness::{Harness, time_program},
-    live::{Generator, Netfilter, Pair, attach_native},
+    live::{Generator, Knockd, Netfilter, Pair, attach_native},
     require_root, sh,
 };
 
@@ -292,7 +292,28 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
     );
     let xknock = xknock_tests::xknock_bin();
     let bin = xknock.to_str().expect("utf-8").to_owned();
+    let knock = |pair: &Pair| {
+        let args = [
+            bin.as_str(),
+            "knock",
+            "198.18.100.1",
+            "7000",
+            "8000/udp",
+            "9000",
+            "--delay",
+            "20ms",
+        ];
+        sh(&[&["ip", "netns", "exec", &pair.gen_ns][..], &args[..]].concat());
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let attempts = |pair: &Pair, seen: &dyn Fn() -> u64, opened: &dyn Fn() -> bool, reset: &dyn Fn()| {
+        // Without a flood the setup must work, or its numbers would mean nothing.
+        knock(pair);
+        assert!(
+            opened(),
+            "a knock without any flood did not open: the setup is broken"
+        );
+        reset();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (gen_pair, flag) = ((pair.gen_ns.clone(), pair.gen_if.clone()), stop.clone());
         let mut frame = Frame::syn("198.18.100.2", 7000)
@@ -314,18 +335,7 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
         let (seen_before, started) = (seen(), std::time::Instant::now());
         let mut ok = 0;
         for _ in 0..LEGIT_ATTEMPTS {
-            let args = [
-                bin.as_str(),
-                "knock",
-                "198.18.100.1",
-                "7000",
-                "8000/udp",
-                "9000",
-                "--delay",
-                "20ms",
-            ];
-            sh(&[&["ip", "netns", "exec", &pair.gen_ns][..], &args[..]].concat());
-            std::thread::sleep(Duration::from_millis(50));
+            knock(pair);
             if opened() {
                 ok += 1;
                 reset();
@@ -367,6 +377,25 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
             &|| nf.forget(&pair),
         );
         rows.push((nf.name().into(), ok));
+    }
+    {
+        let pair = Pair::new();
+        let mut pass = pass_object_loader();
+        let prog: &mut Xdp = pass
+            .program_mut("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("xdp");
+        attach_native(&pair, prog);
+        let knockd = Knockd::start(&pair);
+        // knockd filters nothing itself: what reached the host is what its capture saw.
+        let ok = attempts(
+            &pair,
+            &|| pair.received(),
+            &|| knockd.authorized(&pair, "198.18.100.2"),
+            &|| knockd.forget(&pair),
+        );
+        rows.push(("knockd (libpcap + iptables)".into(), ok));
     }
     for (name, (ok, rate)) in rows {
         let _ = writeln!(md, "| {name} | {ok}/{LEGIT_ATTEMPTS} | {rate:.2} |");
