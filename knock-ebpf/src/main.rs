@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod runtime;
+
 mod knock;
 mod maps;
 mod parse;
@@ -214,13 +216,3 @@ pub(crate) fn event(kind: EventKind, key: &SourceKey, packet: &Packet, now: u64)
         port: packet.dst_port,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
