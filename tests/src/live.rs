@@ -66,9 +66,14 @@ impl Pair {
         }
     }
 
+    /// Runs `args` in the receiver's namespace; returns its output.
+    pub fn rx(&self, args: &[&str]) -> String {
+        sh(&[&["ip", "netns", "exec", &self.rx_ns][..], args].concat())
+    }
+
     /// Packets the receiver's XDP program has seen so far.
     pub fn received(&self) -> u64 {
-        let stats = sh(&["ip", "netns", "exec", &self.rx_ns, "ethtool", "-S", &self.rx_if]);
+        let stats = self.rx(&["ethtool", "-S", &self.rx_if]);
         stats
             .lines()
             .filter_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_packets:"))
@@ -267,41 +272,18 @@ impl Netfilter {
         let path = std::env::temp_dir().join(unique("xknock-rules-"));
         std::fs::write(&path, text).expect("write the ruleset");
         let path_str = path.to_str().expect("utf-8");
-        let args: Vec<&str> = match self {
-            Netfilter::IptablesRecent => vec!["ip", "netns", "exec", &pair.rx_ns, tool, path_str],
-            Netfilter::NftablesSets => vec!["ip", "netns", "exec", &pair.rx_ns, tool, "-f", path_str],
+        match self {
+            Netfilter::IptablesRecent => pair.rx(&[tool, path_str]),
+            Netfilter::NftablesSets => pair.rx(&[tool, "-f", path_str]),
         };
-        sh(&args);
         let _ = std::fs::remove_file(path);
     }
 
     /// Packets the ruleset has looked at so far (its INPUT entry counter).
     pub fn packets(self, pair: &Pair) -> u64 {
         let out = match self {
-            Netfilter::IptablesRecent => sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &pair.rx_ns,
-                "iptables",
-                "-L",
-                "INPUT",
-                "-v",
-                "-x",
-                "-n",
-            ]),
-            Netfilter::NftablesSets => sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &pair.rx_ns,
-                "nft",
-                "list",
-                "chain",
-                "inet",
-                "knock",
-                "input",
-            ]),
+            Netfilter::IptablesRecent => pair.rx(&["iptables", "-L", "INPUT", "-v", "-x", "-n"]),
+            Netfilter::NftablesSets => pair.rx(&["nft", "list", "chain", "inet", "knock", "input"]),
         };
         match self {
             // "  pkts bytes target ..." rows: the KNOCKING jump is the only rule.
@@ -342,26 +324,8 @@ impl Netfilter {
     /// Whether the ruleset has authorized `addr` (it completed the sequence).
     pub fn authorized(self, pair: &Pair, addr: &str) -> bool {
         let out = match self {
-            Netfilter::IptablesRecent => sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &pair.rx_ns,
-                "cat",
-                "/proc/net/xt_recent/AUTH3",
-            ]),
-            Netfilter::NftablesSets => sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &pair.rx_ns,
-                "nft",
-                "list",
-                "set",
-                "inet",
-                "knock",
-                "allowed",
-            ]),
+            Netfilter::IptablesRecent => pair.rx(&["cat", "/proc/net/xt_recent/AUTH3"]),
+            Netfilter::NftablesSets => pair.rx(&["nft", "list", "set", "inet", "knock", "allowed"]),
         };
         out.contains(&format!("{addr} "))
             || out.contains(&format!("{addr},"))
@@ -374,22 +338,11 @@ impl Netfilter {
         match self {
             Netfilter::IptablesRecent => {
                 let cmd = "for l in AUTH1 AUTH2 AUTH3; do echo / > /proc/net/xt_recent/$l; done";
-                sh(&["ip", "netns", "exec", &pair.rx_ns, "sh", "-c", cmd]);
+                pair.rx(&["sh", "-c", cmd]);
             }
             Netfilter::NftablesSets => {
                 for set in ["stage1", "stage2", "allowed"] {
-                    sh(&[
-                        "ip",
-                        "netns",
-                        "exec",
-                        &pair.rx_ns,
-                        "nft",
-                        "flush",
-                        "set",
-                        "inet",
-                        "knock",
-                        set,
-                    ]);
+                    pair.rx(&["nft", "flush", "set", "inet", "knock", set]);
                 }
             }
         }
@@ -432,14 +385,14 @@ impl Knockd {
 
     /// Whether knockd has run its command for `addr`.
     pub fn authorized(&self, pair: &Pair, addr: &str) -> bool {
-        sh(&["ip", "netns", "exec", &pair.rx_ns, "iptables", "-S", "INPUT"])
+        pair.rx(&["iptables", "-S", "INPUT"])
             .contains(&format!("-s {addr}/32"))
     }
 
     /// Removes the rules knockd added (its own state for a source ends when the
     /// sequence completes).
     pub fn forget(&self, pair: &Pair) {
-        sh(&["ip", "netns", "exec", &pair.rx_ns, "iptables", "-F", "INPUT"]);
+        pair.rx(&["iptables", "-F", "INPUT"]);
     }
 }
 

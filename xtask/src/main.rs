@@ -19,8 +19,9 @@ enum Task {
     /// `cargo build` of the loader does the same through its build script; this is for
     /// inspecting the object (e.g. `bpftool btf dump file ...`, `llvm-objdump -S ...`).
     BuildEbpf,
-    /// Benchmark the XDP program against an empty one in the same run (needs root);
-    /// prints a table and writes bench/results/kernel.{md,csv}.
+    /// Benchmark the XDP program against an empty one and against iptables, nftables
+    /// and knockd in the same run (needs root, about two minutes); prints the tables
+    /// and writes bench/results/kernel.{md,csv,svg}.
     Bench,
 }
 

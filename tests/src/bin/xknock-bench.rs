@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: xknock's in-kernel cost per packet through
 //! `BPF_PROG_TEST_RUN` with `repeat`, for every path, with 1k, 64k and 1M sources
-//! tracked, next to an empty XDP program measured in the same run; and the kernel
-//! memory each tracked source costs. Writes bench/results/kernel.{md,csv}.
+//! tracked, next to an empty XDP program measured in the same run; the kernel memory
+//! each tracked source costs; live throughput on a veth pair; a SYN flood side by side
+//! with iptables `recent` and nftables; and legitimate knocks during a knock flood,
+//! for those two and knockd too. Writes bench/results/kernel.{md,csv,svg}.
 //! Ratios only: absolute numbers depend on the machine.
 
 use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
@@ -191,8 +193,7 @@ fn live(md: &mut String, csv: &mut String, empty: fn() -> Ebpf) {
                 .expect("xdp");
             attach_native(pair, prog);
         });
-        let mut h = Harness::with_config(CONFIG);
-        h.state.set_test_clock(None).expect("real clock");
+        let mut h = xknock_harness();
         let ours = rate(&mut |pair| attach_native(pair, h.program_mut()));
         let _ = writeln!(md, "| {name} | {ours:.2} | {base:.2} | {:.2} |", ours / base);
         let _ = writeln!(csv, "live {name},,{ours:.3},{base:.3},,{:.3}", ours / base);
@@ -241,10 +242,7 @@ fn side_by_side(md: &mut String, csv: &mut String) {
     };
     let mut rows: Vec<(String, (f64, f64))> = vec![];
     {
-        let pair = Pair::new();
-        let mut h = Harness::with_config(CONFIG);
-        h.state.set_test_clock(None).expect("real clock");
-        attach_native(&pair, h.program_mut());
+        let (pair, _h) = xknock_pair();
         rows.push(("xknock (XDP)".into(), flood(&pair, &|p: &Pair| p.received())));
     }
     for nf in [Netfilter::IptablesRecent, Netfilter::NftablesSets] {
@@ -265,9 +263,9 @@ fn side_by_side(md: &mut String, csv: &mut String) {
     eprintln!("side by side: done");
 }
 
-/// A veth pair whose receiver runs `nf` behind the empty XDP program (veth hands
-/// XDP_TX frames only to a peer with an XDP program). Keep the Ebpf while measuring.
-fn netfilter_pair(nf: Netfilter) -> (Pair, Ebpf) {
+/// A veth pair whose receiver runs the empty XDP program (veth hands XDP_TX frames
+/// only to a peer with an XDP program). Keep the Ebpf while measuring.
+fn passing_pair() -> (Pair, Ebpf) {
     let pair = Pair::new();
     let mut pass = pass_object_loader();
     let prog: &mut Xdp = pass
@@ -276,8 +274,30 @@ fn netfilter_pair(nf: Netfilter) -> (Pair, Ebpf) {
         .try_into()
         .expect("xdp");
     attach_native(&pair, prog);
+    (pair, pass)
+}
+
+/// A passing pair whose receiver runs `nf` behind the empty program.
+fn netfilter_pair(nf: Netfilter) -> (Pair, Ebpf) {
+    let (pair, pass) = passing_pair();
     nf.install(&pair);
     (pair, pass)
+}
+
+/// xknock with the bench config on the real clock, ready to attach.
+fn xknock_harness() -> Harness {
+    let mut h = Harness::with_config(CONFIG);
+    // The frozen test clock would skip the clock helper the real path pays for.
+    h.state.set_test_clock(None).expect("real clock");
+    h
+}
+
+/// A veth pair whose receiver runs xknock.
+fn xknock_pair() -> (Pair, Harness) {
+    let pair = Pair::new();
+    let mut h = xknock_harness();
+    attach_native(&pair, h.program_mut());
+    (pair, h)
 }
 
 const LEGIT_ATTEMPTS: usize = 20;
@@ -348,10 +368,7 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
     };
     let mut rows: Vec<(String, (usize, f64))> = vec![];
     {
-        let pair = Pair::new();
-        let mut h = Harness::with_config(CONFIG);
-        h.state.set_test_clock(None).expect("real clock");
-        attach_native(&pair, h.program_mut());
+        let (pair, h) = xknock_pair();
         let client: std::net::IpAddr = "198.18.100.2".parse().expect("addr");
         let h = std::cell::RefCell::new(h);
         let ok = attempts(
@@ -379,14 +396,7 @@ fn flood_resilience(md: &mut String, csv: &mut String) {
         rows.push((nf.name().into(), ok));
     }
     {
-        let pair = Pair::new();
-        let mut pass = pass_object_loader();
-        let prog: &mut Xdp = pass
-            .program_mut("xdp_pass")
-            .expect("xdp_pass")
-            .try_into()
-            .expect("xdp");
-        attach_native(&pair, prog);
+        let (pair, _pass) = passing_pair();
         let knockd = Knockd::start(&pair);
         // knockd filters nothing itself: what reached the host is what its capture saw.
         let ok = attempts(
@@ -421,9 +431,7 @@ fn main() {
     let mut csv = String::from("path,sources,xknock_ns,empty_ns,over_ns,ratio\n");
     let mut over_by_path: Vec<(&str, u32, f64)> = vec![];
     for &n in sources() {
-        let mut h = Harness::with_config(CONFIG);
-        // Real time for benchmarks: the frozen test clock would skip the clock helper.
-        h.state.set_test_clock(None).expect("real clock");
+        let mut h = xknock_harness();
         prepare(&mut h, n);
         for (name, frame) in paths() {
             let bytes = frame.build();
