@@ -92,7 +92,8 @@ pub struct SequenceConfig {
 }
 
 /// What the kernel needs to know about one (protocol, port): which sequences use it
-/// as a knock and which protect it. Zero for every port nobody configured.
+/// as a knock, which protect it, and which strict sequences see a SYN or datagram to
+/// it. Zero for every port nobody configured while no sequence is strict.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortRule {
@@ -100,6 +101,10 @@ pub struct PortRule {
     pub knock_mask: u8,
     /// Bit `s` set: sequence `s` protects the port.
     pub protect_mask: u8,
+    /// Bit `s` set: sequence `s` is strict. The same in every entry; kept here so that
+    /// unrelated traffic needs this one lookup and no other.
+    pub strict_mask: u8,
+    pub _pad: u8,
 }
 
 /// Global settings, entry 0 of the settings array. Written by the loader.
@@ -115,11 +120,29 @@ pub struct Settings {
     pub ban_for_ns: u64,
     /// ...once there are more than this many. Zero: no bans.
     pub ban_failures: u32,
-    /// Bit `s` set: sequence `s` is strict.
-    pub strict_mask: u8,
+    /// `32 - log2(slots of the authorization hint)`, for [`auth_hint_slot`]; zero
+    /// until the loader has set it, which makes every slot "maybe" (no shortcut).
+    pub auth_hint_shift: u32,
     /// Nonzero when the allow/deny map has entries (else it is not looked up).
     pub access_rules: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 7],
+}
+
+/// Slots of the authorization hint: a power of two, at least this many, and at
+/// least twice the authorizations the map holds.
+pub const AUTH_HINT_MIN_SLOTS: u32 = 65536;
+
+/// The authorization-hint slot of a source address (Fibonacci hashing of its four
+/// words folded into one). Kernel and userspace must agree on it exactly: the slot
+/// counts the authorizations whose source lands there, and a zero count lets the
+/// kernel drop a packet to a protected port without looking up the authorization map.
+/// `shift` 0 gives an index past any slot (the kernel then always looks up).
+#[inline(always)]
+pub fn auth_hint_slot(addr: &[u8; 16], shift: u32) -> u32 {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = word(0) ^ word(4) ^ word(8) ^ word(12);
+    let hash = folded.wrapping_mul(0x9e37_79b1);
+    if shift == 0 { u32::MAX } else { hash >> shift }
 }
 
 /// Values of the allow/deny map (longest prefix wins).
@@ -353,14 +376,15 @@ pub mod map_names {
     pub const EVENTS: &str = "XK_EVENTS";
     pub const BANS: &str = "XK_BANS";
     pub const ACCESS: &str = "XK_ACCESS";
+    pub const AUTH_HINT: &str = "XK_AUTH_HINT";
 }
 
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<PortProto>() == 4);
     assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN);
-    assert!(size_of::<PortRule>() == 2);
-    assert!(size_of::<Settings>() == 32);
+    assert!(size_of::<PortRule>() == 4);
+    assert!(size_of::<Settings>() == 40);
     assert!(size_of::<SourceAddr>() == 16);
     assert!(size_of::<Ban>() == 24);
     assert!(size_of::<SourceKey>() == 20);

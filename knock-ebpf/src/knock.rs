@@ -1,16 +1,18 @@
 //! The knock state machine: one source's progress through one sequence, and the
 //! failures that get a source banned.
 
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::warn;
 use knock_common::{
     Authorization, Ban, Counter, Event, EventKind, MAX_KNOCKS, MAX_SEQUENCES, PROTO_TCP, PortProto, Progress,
-    ResetReason, SEQ_IGNORE_WRONG, SequenceConfig, Settings, SourceAddr, SourceKey,
+    ResetReason, SEQ_IGNORE_WRONG, SequenceConfig, Settings, SourceAddr, SourceKey, auth_hint_slot,
 };
 
 use crate::{
     count, emit, event,
-    maps::{XK_AUTHORIZED, XK_BANS, XK_PROGRESS, XK_SEQUENCES},
+    maps::{XK_AUTH_HINT, XK_AUTHORIZED, XK_BANS, XK_PROGRESS, XK_SEQUENCES},
     parse::Packet,
 };
 
@@ -186,7 +188,7 @@ impl Knocker<'_> {
         }
         let _ = XK_PROGRESS.remove(key);
         let open = event(EventKind::Open, key, self.packet, now);
-        authorize(key, &open, config.open_for_ns);
+        authorize(key, &open, config.open_for_ns, self.settings.auth_hint_shift);
     }
 
     /// Progress lost: an event, and a failure towards a ban.
@@ -232,21 +234,51 @@ fn fail(src: &[u8; 16], s: &Settings, now: u64) {
 
 /// Authorizes `key` for `open_for_ns` and reports it with `open` (or, if the map is
 /// full, reports that: existing authorizations are kept, this one is refused loudly).
-/// Out of line, like `fail`.
+/// A new authorization is counted in its hint slot before it exists, so the hint is
+/// never below the truth. Out of line, like `fail`.
 #[inline(never)]
-fn authorize(key: &SourceKey, open: &Event, open_for_ns: u64) {
+fn authorize(key: &SourceKey, open: &Event, open_for_ns: u64, hint_shift: u32) {
     let auth = Authorization {
         expires_ns: open.ts_ns.saturating_add(open_for_ns),
         opened_ns: open.ts_ns,
     };
     let mut open = *open;
-    if XK_AUTHORIZED.insert(key, &auth, 0).is_err() {
-        count(Counter::AuthFull);
-        open.kind = EventKind::OpenFailed as u8;
-        // aya-log 0.4 does not use the context it is given.
-        warn!(&(), "authorization map full: sequence {} not opened", key.seq);
+    if let Some(existing) = XK_AUTHORIZED.get_ptr_mut(key) {
+        // A renewal: the entry (and its count) stays. Racing with a revoke, the
+        // revoke wins, as it would a moment later.
+        // SAFETY: a map value; a concurrent reader sees the old or the new times.
+        unsafe { *existing = auth };
+    } else {
+        let slot = XK_AUTH_HINT.get_ptr_mut(auth_hint_slot(&key.addr, hint_shift));
+        hint_add(slot, 1);
+        match XK_AUTHORIZED.insert(key, &auth, BPF_NOEXIST.into()) {
+            Ok(()) => {}
+            // Another CPU authorized the same source at the same moment, and counted it.
+            Err(EEXIST) => hint_add(slot, u64::MAX),
+            Err(_) => {
+                hint_add(slot, u64::MAX);
+                count(Counter::AuthFull);
+                open.kind = EventKind::OpenFailed as u8;
+                // aya-log 0.4 does not use the context it is given.
+                warn!(&(), "authorization map full: sequence {} not opened", key.seq);
+            }
+        }
     }
     emit(&open);
+}
+
+/// -EEXIST, as map updates return it.
+const EEXIST: i32 = -17;
+
+/// Adds `n` (wrapping: u64::MAX subtracts one) to a hint slot, atomically: the loader
+/// changes slots at the same time.
+#[inline(always)]
+fn hint_add(slot: Option<*mut u64>, n: u64) {
+    if let Some(slot) = slot {
+        // SAFETY: a map value, aligned; every writer uses atomics. The intrinsic
+        // because core's atomic types lack fetch_add on BPF (no compare-and-swap).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
+    }
 }
 
 /// Knock `index` of the sequence, if it has that many.

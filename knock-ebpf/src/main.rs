@@ -2,6 +2,9 @@
 //! progress and are dropped; packets to protected ports pass only for authorized
 //! sources (or on connections they opened while authorized); the rest passes.
 #![no_std]
+// atomic_xadd: the hint counters (core::sync::atomic has no fetch_add on BPF).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
 mod runtime;
@@ -19,12 +22,13 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    PortRule, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, port_rule_index,
+    SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, auth_hint_slot, port_rule_index,
 };
 use maps::{
-    XK_ACCESS, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES, XK_SETTINGS,
+    XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES,
+    XK_SETTINGS,
 };
-use parse::{Packet, Parsed};
+use parse::{Packet, Parsed, Transport};
 
 /// A kept connection's last-seen time is refreshed at most this often, so that a busy
 /// connection does not write the map on every packet.
@@ -36,7 +40,7 @@ pub fn xknock(ctx: XdpContext) -> u32 {
         Ok(Parsed::Other) => (XDP_PASS, Counter::PassOther),
         Ok(Parsed::LaterFragment) => (XDP_PASS, Counter::PassFragment),
         Ok(Parsed::OverlappingFragment) => (XDP_DROP, Counter::DropFragment),
-        Ok(Parsed::Transport(packet)) => decide(&packet),
+        Ok(Parsed::Transport(transport)) => decide(&ctx, &transport),
         Err(parse::Unparsed) => (XDP_DROP, Counter::DropUnparsed),
     };
     count(counter);
@@ -45,35 +49,41 @@ pub fn xknock(ctx: XdpContext) -> u32 {
 
 /// A TCP SYN without ACK: the first packet of a new connection.
 #[inline(always)]
-fn is_syn(packet: &Packet) -> bool {
-    packet.proto == PROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+fn is_syn(proto: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// A packet that may open something: a UDP datagram or a TCP SYN.
 #[inline(always)]
-fn opens_connection(packet: &Packet) -> bool {
-    packet.proto == PROTO_UDP || is_syn(packet)
+fn opens_connection(proto: u8, tcp_flags: u8) -> bool {
+    proto == PROTO_UDP || is_syn(proto, tcp_flags)
 }
 
 #[inline(always)]
-fn decide(packet: &Packet) -> (u32, Counter) {
-    let rule = port_rule_index(packet.proto, packet.dst_port)
+fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
+    let rule = port_rule_index(transport.proto, transport.dst_port)
         .and_then(|index| XK_PORT_RULES.get(index))
         .copied()
         .unwrap_or_default();
-    let opens = opens_connection(packet);
-    if rule == PortRule::default() && !opens {
+    // Strict sequences see every SYN and datagram from a source they track.
+    let strict_mask = if opens_connection(transport.proto, transport.tcp_flags) {
+        rule.strict_mask
+    } else {
+        0
+    };
+    if rule.knock_mask | rule.protect_mask | strict_mask == 0 {
         return (XDP_PASS, Counter::PassOther);
     }
     let settings = XK_SETTINGS.get(0).copied().unwrap_or_default();
-    // Strict sequences see every SYN and datagram from a source they track.
-    let strict_mask = if opens { settings.strict_mask } else { 0 };
-    if rule == PortRule::default() && strict_mask == 0 {
-        return (XDP_PASS, Counter::PassOther);
-    }
+    let Ok(packet) = transport.with_source(ctx) else {
+        return (XDP_DROP, Counter::DropUnparsed);
+    };
+    let packet = &packet;
     if settings.access_rules != 0 {
         match access(&packet.src) {
-            ACCESS_DENY if rule != PortRule::default() => return (XDP_DROP, Counter::DropDenied),
+            ACCESS_DENY if rule.knock_mask | rule.protect_mask != 0 => {
+                return (XDP_DROP, Counter::DropDenied);
+            }
             ACCESS_ALLOW if rule.knock_mask != 0 => return (XDP_DROP, Counter::DropKnock),
             ACCESS_ALLOW if rule.protect_mask != 0 => return (XDP_PASS, Counter::PassAllowed),
             // Listed sources are not tracked, so strict mode has nothing to reset.
@@ -127,7 +137,7 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counte
     };
     // A TCP SYN is a new connection and needs an authorization; anything else may
     // belong to a connection opened while the source was authorized.
-    if !is_syn(packet)
+    if !is_syn(packet.proto, packet.tcp_flags)
         && let Some(flow) = XK_FLOWS.get_ptr_mut(&flow_key)
     {
         // SAFETY: the pointer is to a map value; concurrent refreshes only race on
@@ -141,6 +151,9 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counte
             }
             return (XDP_PASS, Counter::PassEstablished);
         }
+    }
+    if !maybe_authorized(&packet.src, settings) {
+        return (XDP_DROP, Counter::DropProtected);
     }
     for seq in 0..MAX_SEQUENCES as u8 {
         if protect_mask & (1 << seq) == 0 {
@@ -174,6 +187,15 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counte
         return (XDP_PASS, Counter::PassAuthorized);
     }
     (XDP_DROP, Counter::DropProtected)
+}
+
+/// False when no authorization has `src`'s hint slot, so none can be `src`'s; this
+/// one array read replaces the hash lookups for most packets that will be dropped.
+#[inline(always)]
+fn maybe_authorized(src: &[u8; 16], settings: &Settings) -> bool {
+    XK_AUTH_HINT
+        .get(auth_hint_slot(src, settings.auth_hint_shift))
+        .is_none_or(|count| *count != 0)
 }
 
 /// The policy clock: the kernel's monotonic clock, unless a test drives time.

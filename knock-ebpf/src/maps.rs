@@ -2,12 +2,13 @@
 //! here are defaults: the loader may resize the tracking maps before loading.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use knock_common::{
-    ACCESS_ENTRIES, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES, PORT_RULE_ENTRIES,
-    PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey,
+    ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES,
+    PORT_RULE_ENTRIES, PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey,
 };
 
 /// The configured sequences, by index. Written by the loader; read per knock.
@@ -33,6 +34,14 @@ pub static XK_PROGRESS: LruHashMap<SourceKey, Progress, 65536> = LruHashMap::new
 /// hash, so knock floods cannot evict it.
 #[btf_map(pin_by_name)]
 pub static XK_AUTHORIZED: HashMap<SourceKey, Authorization, 16384> = HashMap::new();
+
+/// How many authorizations have a source in each slot (`auth_hint_slot`): a zero
+/// drops a packet to a protected port without the lookup in XK_AUTHORIZED. Kept by
+/// whoever adds or removes an authorization (kernel and loader, atomically; the loader
+/// maps it, hence BPF_F_MMAPABLE); never lower than the truth.
+#[btf_map(pin_by_name)]
+pub static XK_AUTH_HINT: Array<u64, { AUTH_HINT_MIN_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Connections to protected ports opened while authorized, kept past the window.
 /// Written by the kernel; LRU, entries also age out by their idle timeout.

@@ -21,6 +21,25 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
+/// A TCP or UDP packet's L4 header fields, and where its source address is.
+#[derive(Clone, Copy)]
+pub struct Transport {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    /// Byte 13 of the TCP header; 0 for UDP.
+    pub tcp_flags: u8,
+    /// Where the source address is: read only once the packet matters, so that
+    /// unrelated traffic does not pay for copying it.
+    src: SourceAt,
+}
+
+#[derive(Clone, Copy)]
+enum SourceAt {
+    V4(usize),
+    V6(usize),
+}
+
 /// A TCP or UDP packet with everything the policy looks at.
 #[derive(Clone, Copy)]
 pub struct Packet {
@@ -33,6 +52,34 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
+impl Transport {
+    /// The packet with its source address. The address was inside the frame when the
+    /// headers were parsed; the bounds are checked again for the verifier.
+    #[inline(always)]
+    pub fn with_source(&self, ctx: &XdpContext) -> Result<Packet, Unparsed> {
+        let src = match self.src {
+            SourceAt::V4(offset) => {
+                let a: *const [u8; 4] = ptr_at(ctx, offset)?;
+                // SAFETY: ptr_at checked the four bytes.
+                let [a, b, c, d] = unsafe { *a };
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+            }
+            SourceAt::V6(offset) => {
+                let a: *const [u8; 16] = ptr_at(ctx, offset)?;
+                // SAFETY: ptr_at checked the sixteen bytes.
+                unsafe { *a }
+            }
+        };
+        Ok(Packet {
+            src,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+            tcp_flags: self.tcp_flags,
+        })
+    }
+}
+
 pub enum Parsed {
     /// Not IP, or IP carrying neither TCP nor UDP.
     Other,
@@ -41,7 +88,7 @@ pub enum Parsed {
     /// A fragment at offset 1 (8 bytes), which could rewrite the TCP flags of its
     /// first fragment during reassembly (RFC 1858).
     OverlappingFragment,
-    Transport(Packet),
+    Transport(Transport),
 }
 
 /// Parse error: the headers could not be followed safely.
@@ -98,21 +145,19 @@ fn parse_ethernet(ctx: &XdpContext) -> Result<(u16, usize), Unparsed> {
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
-    let (vihl, tot_len, frags, proto, saddr) = unsafe {
+    let (vihl, tot_len, frags, proto) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len) as usize,
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
-            (*ip).src_addr,
         )
     };
     let header_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || tot_len < header_len {
         return Err(Unparsed);
     }
-    let [a, b, c, d] = saddr;
-    let src = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+    let src = SourceAt::V4(offset + core::mem::offset_of!(Ipv4Hdr, src_addr));
     let fragment_offset = frags & 0x1fff;
     parse_transport(
         ctx,
@@ -128,17 +173,17 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
 fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
-    let (version, mut remaining, mut next, src) = unsafe {
+    let (version, mut remaining, mut next) = unsafe {
         (
             (*ip).vcf[0] >> 4,
             u16::from_be_bytes((*ip).payload_len) as usize,
             (*ip).next_hdr,
-            (*ip).src_addr,
         )
     };
     if version != 6 {
         return Err(Unparsed);
     }
+    let src = SourceAt::V6(offset + core::mem::offset_of!(Ipv6Hdr, src_addr));
     let mut offset = offset + Ipv6Hdr::LEN;
     // One pass per extension header, plus the one that reaches the L4 header.
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
@@ -201,7 +246,7 @@ fn parse_transport(
     len: usize,
     proto: u8,
     fragment_offset: u16,
-    src: [u8; 16],
+    src: SourceAt,
 ) -> Result<Parsed, Unparsed> {
     if fragment_offset != 0 {
         return Ok(later_fragment(fragment_offset));
@@ -217,7 +262,7 @@ fn parse_transport(
             if (tcp[12] >> 4) < 5 {
                 return Err(Unparsed);
             }
-            Ok(Parsed::Transport(Packet {
+            Ok(Parsed::Transport(Transport {
                 src,
                 src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
                 dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
@@ -232,7 +277,7 @@ fn parse_transport(
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked the UDP header.
             let udp = unsafe { &*udp };
-            Ok(Parsed::Transport(Packet {
+            Ok(Parsed::Transport(Transport {
                 src,
                 src_port: udp.src_port(),
                 dst_port: udp.dst_port(),

@@ -20,6 +20,7 @@ use knock_common::map_names;
 use crate::{
     EBPF_OBJECT, PROGRAM_NAME,
     config::{Limits, XdpMode},
+    hint,
 };
 
 /// bpffs's magic number (statfs f_type).
@@ -61,6 +62,7 @@ pub fn load(pin_dir: &Path, limits: &Limits) -> Result<Ebpf> {
         .default_map_pin_directory(pin_dir)
         .map_max_entries(map_names::PROGRESS, limits.in_progress)
         .map_max_entries(map_names::AUTHORIZED, limits.authorized)
+        .map_max_entries(map_names::AUTH_HINT, hint::slots_for(limits.authorized))
         .map_max_entries(map_names::FLOWS, limits.kept_connections)
         .map_max_entries(map_names::BANS, limits.ban_records)
         .load(EBPF_OBJECT)

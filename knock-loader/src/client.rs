@@ -41,9 +41,9 @@ pub fn resolve(host: &str, family: Family) -> Result<IpAddr> {
     }
 }
 
-/// Sends one knock. A TCP knock's socket is kept `hold` long (so the SYN surely leaves)
-/// and then dropped, which sends nothing more.
-pub fn knock_once(addr: IpAddr, knock: Knock, hold: Duration) -> Result<()> {
+/// Sends one knock. A TCP knock returns its socket, to be kept until the SYN surely
+/// left and then dropped, which sends nothing more.
+pub fn knock_once(addr: IpAddr, knock: Knock) -> Result<Option<Socket>> {
     let target = SockAddr::from(SocketAddr::new(addr, knock.port));
     let domain = Domain::for_address(SocketAddr::new(addr, 0));
     if knock.proto == PROTO_UDP {
@@ -51,7 +51,7 @@ pub fn knock_once(addr: IpAddr, knock: Knock, hold: Duration) -> Result<()> {
             Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).context("cannot open a UDP socket")?;
         sock.send_to(&[], &target)
             .with_context(|| format!("cannot send the UDP knock {knock} to {addr}"))?;
-        return Ok(());
+        return Ok(None);
     }
     let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).context("cannot open a TCP socket")?;
     sock.set_nonblocking(true)?;
@@ -60,17 +60,34 @@ pub fn knock_once(addr: IpAddr, knock: Knock, hold: Duration) -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e).with_context(|| format!("cannot send the TCP knock {knock} to {addr}")),
     }
-    std::thread::sleep(hold);
-    Ok(())
+    Ok(Some(sock))
 }
 
-/// Knocks `knocks` on `addr` in order, `delay` apart.
-pub fn knock(addr: IpAddr, knocks: &[Knock], delay: Duration) -> Result<()> {
+/// Knocks `knocks` on `addr` in order, `delay` apart, each sent `copies` times. The
+/// server ignores a repeat of the knock it just accepted, so copies only make a lost
+/// packet harmless. Losses come in bursts (a full receive ring), so the copies are
+/// spread over up to half the delay, at most COPY_GAP apart, and all of a knock's
+/// copies leave before the next knock.
+pub fn knock(addr: IpAddr, knocks: &[Knock], delay: Duration, copies: u32) -> Result<()> {
+    let copies = copies.max(1);
+    let gap = (delay / (2 * copies)).min(COPY_GAP);
     for (i, k) in knocks.iter().enumerate() {
         if i > 0 {
-            std::thread::sleep(delay);
+            std::thread::sleep(delay.saturating_sub(gap * (copies - 1)));
         }
-        knock_once(addr, *k, Duration::from_millis(10))?;
+        let mut held = Vec::new();
+        for c in 0..copies {
+            if c > 0 {
+                std::thread::sleep(gap);
+            }
+            held.extend(knock_once(addr, *k)?);
+        }
+        if !held.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     Ok(())
 }
+
+/// The longest pause between two copies of a knock.
+const COPY_GAP: Duration = Duration::from_millis(5);

@@ -191,16 +191,15 @@ impl Events {
         let now_ns = state.now_ns()?;
         let now = SystemTime::now();
         let current: HashMap<SourceKey, u64> = state
-            .authorized
-            .iter()
-            .filter_map(Result::ok)
+            .repair_hint()
+            .into_iter()
             .map(|(k, a)| (k, a.expires_ns))
             .collect();
         let mut lines = Vec::new();
         for (key, expires) in &current {
             if *expires <= now_ns {
                 // Removed by someone else meanwhile is fine.
-                let _ = state.authorized.remove(key);
+                state.unauthorize(key);
                 let mut l = self.line(clock::wall_time(*expires, now_ns), "close", key.addr, key.seq);
                 l.reason = Some("expired");
                 lines.push(l);

@@ -6,6 +6,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod hint;
 pub mod maps;
 pub mod run;
 pub mod status;

@@ -106,6 +106,11 @@ enum Command {
         /// Pause between knocks.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         delay: Duration,
+        /// Send each knock this many times, back to back. The server ignores a repeat
+        /// of the knock it just accepted, so copies only guard against lost packets
+        /// (a lossy or flooded link).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+        copies: u32,
         /// Use IPv4 only.
         #[arg(short = '4', conflicts_with = "ipv6")]
         ipv4: bool,
@@ -228,6 +233,7 @@ fn real_main() -> Result<()> {
             host,
             knocks,
             delay,
+            copies,
             ipv4,
             ipv6,
         } => {
@@ -237,7 +243,7 @@ fn real_main() -> Result<()> {
                 _ => Family::Any,
             };
             let addr = client::resolve(&host, family)?;
-            client::knock(addr, &knocks, delay).with_context(|| format!("knocking on {host}"))
+            client::knock(addr, &knocks, delay, copies).with_context(|| format!("knocking on {host}"))
         }
     }
 }

@@ -17,17 +17,24 @@ use aya::{
 };
 use knock_common::{
     Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
-    PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey, map_names,
+    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, map_names,
 };
 
-use crate::{clock, config::Config};
+/// Map update flags (aya passes them to the kernel as they are).
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+use crate::{clock, config::Config, hint::AuthHint};
 
 pub struct State {
     pub sequences: Array<MapData, SequenceConfig>,
     pub port_rules: Array<MapData, PortRule>,
     pub settings: Array<MapData, Settings>,
     pub progress: HashMap<MapData, SourceKey, Progress>,
+    /// Read it freely; add and remove through `authorize` and `unauthorize`, which
+    /// keep the hint.
     pub authorized: HashMap<MapData, SourceKey, Authorization>,
+    pub auth_hint: AuthHint,
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub counters: PerCpuArray<MapData, u64>,
     pub bans: HashMap<MapData, SourceAddr, Ban>,
@@ -73,6 +80,7 @@ impl State {
             settings: typed(get, map_names::SETTINGS)?,
             progress: typed(get, map_names::PROGRESS)?,
             authorized: typed(get, map_names::AUTHORIZED)?,
+            auth_hint: AuthHint::new(get(map_names::AUTH_HINT)?)?,
             flows: typed(get, map_names::FLOWS)?,
             counters: typed(get, map_names::COUNTERS)?,
             bans: typed(get, map_names::BANS)?,
@@ -128,10 +136,10 @@ impl State {
     }
 
     /// Writes a configuration into the maps: sequences first, then port rules (old
-    /// ports cleared), then the strict mask.
+    /// ports cleared), the allow/deny lists and the settings.
     pub fn apply(&mut self, config: &Config) -> Result<()> {
-        let old_ports: Vec<u32> = self
-            .sequences()?
+        let old = self.sequences()?;
+        let old_ports: Vec<u32> = old
             .iter()
             .flat_map(|(_, c)| {
                 let knocks = c.knocks.iter().take(c.n_knocks as usize);
@@ -142,6 +150,7 @@ impl State {
                     .collect::<Vec<_>>()
             })
             .collect();
+        let was_strict = old.iter().any(|(_, c)| c.flags & SEQ_STRICT != 0);
         let table = config.sequence_table();
         for i in 0..MAX_SEQUENCES {
             let entry = table.get(i).copied().unwrap_or_else(bytemuck::Zeroable::zeroed);
@@ -150,9 +159,22 @@ impl State {
                 .context("cannot write the sequence map")?;
         }
         let rules = config.port_rules();
-        for index in old_ports.iter().filter(|i| !rules.contains_key(i)) {
+        let strict_mask = config.strict_mask();
+        let unconfigured = PortRule {
+            strict_mask,
+            ..PortRule::default()
+        };
+        // Strict masks sit in every entry, so a change of them rewrites all.
+        let stale: Vec<u32> = if strict_mask != 0 || was_strict {
+            (0..PORT_RULE_ENTRIES)
+                .filter(|i| !rules.contains_key(i))
+                .collect()
+        } else {
+            old_ports.into_iter().filter(|i| !rules.contains_key(i)).collect()
+        };
+        for index in stale {
             self.port_rules
-                .set(*index, &PortRule::default(), 0)
+                .set(index, &unconfigured, 0)
                 .context("cannot write the port-rule map")?;
         }
         for (index, rule) in &rules {
@@ -162,10 +184,48 @@ impl State {
                 .context("cannot write the port-rule map")?;
         }
         self.apply_access(config)?;
-        let settings = config.settings(self.settings()?);
+        let mut settings = config.settings(self.settings()?);
+        settings.auth_hint_shift = self.auth_hint.shift();
         self.settings
             .set(0, &settings, 0)
-            .context("cannot write the settings map")
+            .context("cannot write the settings map")?;
+        self.repair_hint();
+        Ok(())
+    }
+
+    /// Raises the hint slot of any authorization that finds it zero (see `AuthHint::
+    /// repair`). Returns the live authorizations it saw.
+    pub fn repair_hint(&self) -> Vec<(SourceKey, Authorization)> {
+        let live: Vec<(SourceKey, Authorization)> = self.authorized.iter().filter_map(Result::ok).collect();
+        for (key, _) in &live {
+            self.auth_hint.repair(&key.addr);
+        }
+        live
+    }
+
+    /// Adds or renews an authorization, counted in the hint first.
+    pub fn authorize(&mut self, key: &SourceKey, auth: &Authorization) -> Result<()> {
+        if self.authorized.get(key, 0).is_ok() {
+            return self
+                .authorized
+                .insert(key, auth, BPF_EXIST)
+                .context("cannot renew the authorization");
+        }
+        self.auth_hint.count(&key.addr);
+        let added = self.authorized.insert(key, auth, BPF_NOEXIST);
+        if added.is_err() {
+            self.auth_hint.uncount(&key.addr);
+        }
+        added.context("cannot add the authorization (is the authorization map full?)")
+    }
+
+    /// Removes an authorization; false if it was not there (removed meanwhile).
+    pub fn unauthorize(&mut self, key: &SourceKey) -> bool {
+        let removed = self.authorized.remove(key).is_ok();
+        if removed {
+            self.auth_hint.uncount(&key.addr);
+        }
+        removed
     }
 
     /// Verdict counters summed over CPUs, in `Counter` order.
@@ -193,9 +253,7 @@ impl State {
             expires_ns: now.saturating_add(crate::config::nanos(duration)),
             opened_ns: now,
         };
-        self.authorized
-            .insert(&source_key(addr, seq), &auth, 0)
-            .context("cannot add the authorization (is the authorization map full?)")
+        self.authorize(&source_key(addr, seq), &auth)
     }
 
     /// Removes `addr`'s authorizations (for one sequence or all) and the connections
@@ -208,11 +266,7 @@ impl State {
             .filter_map(Result::ok)
             .filter(|k| k.addr == mapped && seq.is_none_or(|s| s == k.seq))
             .collect();
-        for k in &keys {
-            self.authorized
-                .remove(k)
-                .context("cannot remove an authorization")?;
-        }
+        let removed = keys.iter().filter(|k| self.unauthorize(k)).count();
         let flows: Vec<FlowKey> = self
             .flows
             .keys()
@@ -223,7 +277,7 @@ impl State {
             // Gone already (idle or evicted) is fine.
             let _ = self.flows.remove(k);
         }
-        Ok(keys.len())
+        Ok(removed)
     }
 }
 

@@ -1,7 +1,10 @@
 //! Live throughput for the benchmark: a generator namespace sends frames with
 //! `BPF_PROG_TEST_RUN` live frames (the xdp-gen program, XDP_TX) over a veth pair to
 //! a receiver namespace where the program under test is attached in native mode. The
-//! receiver's veth statistics count what arrived.
+//! generator runs pinned to one CPU, and the receiver's packet processing (veth's NAPI
+//! poll: the XDP program and any stack work after it) runs there too, as softirq work
+//! when the generator's batches end: the receiver's CPU time is that CPU's softirq
+//! time. The receiver's veth statistics count what arrived.
 
 use std::{
     fs::File,
@@ -23,6 +26,26 @@ pub struct Pair {
     pub rx_ns: String,
     pub gen_if: String,
     pub rx_if: String,
+}
+
+/// Where the generator (and so the receiver's processing) runs.
+pub const GENERATOR_CPU: usize = 0;
+
+/// Softirq time of the generator's CPU so far, in ns (from /proc/stat; USER_HZ 100).
+pub fn receiver_cpu_ns() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = format!("cpu{GENERATOR_CPU} ");
+    let cpu = stat
+        .lines()
+        .find(|l| l.starts_with(&line))
+        .expect("the generator CPU's line");
+    // cpuN user nice system idle iowait irq softirq ...
+    let ticks: f64 = cpu
+        .split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .expect("softirq");
+    ticks * 1e7
 }
 
 impl Pair {
@@ -142,6 +165,29 @@ pub fn attach_native(pair: &Pair, prog: &mut Xdp) {
     });
 }
 
+/// Pins this thread to `cpu`; returns the CPUs it could use before.
+fn pin(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: zeroed cpu_set_t values (valid: no CPUs) passed by pointer with their size.
+    let (old, ok) = unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        (
+            old,
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+        )
+    };
+    assert_eq!(ok, 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    old
+}
+
+/// Gives this thread back the CPUs `pin` took from it.
+fn unpin(cpus: &libc::cpu_set_t) {
+    // SAFETY: a set sched_getaffinity filled, passed with its size.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), cpus) };
+}
+
 /// The generator: xdp-gen loaded once, run with live frames.
 pub struct Generator {
     ebpf: Ebpf,
@@ -182,16 +228,21 @@ impl Generator {
                 .iter()
                 .flat_map(|v| v.to_ne_bytes())
                 .collect();
+            // Unpinned afterwards: processes this thread starts must not inherit it.
+            let unpinned = pin(GENERATOR_CPU);
             let started = Instant::now();
             let opts = TestRunOptions {
                 data_in: Some(frame),
                 ctx_in: Some(&ctx),
                 repeat: count,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                // Batches as large as veth's ring.
+                attrs: TestRunAttrs::new().xdp_live_frames(256),
                 ..TestRunOptions::default()
             };
             prog.test_run(opts).expect("live frames");
-            started.elapsed()
+            let took = started.elapsed();
+            unpin(&unpinned);
+            took
         })
     }
 }
@@ -200,6 +251,66 @@ impl Default for Generator {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A flood from a background thread: `frame` from ever new source addresses, at the
+/// generator's full rate; stopped on drop. The thread runs at idle priority, so that
+/// the receiver's processing on the same CPU always goes first: the flood then runs
+/// as fast as the receiver takes it, and the link itself drops nothing (a flood that
+/// overran veth's ring would drop legitimate packets before any filter saw them).
+pub struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub fn start(pair: &Pair, frame: Vec<u8>) -> Flood {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (gen_ns, gen_if, flag) = (pair.gen_ns.clone(), pair.gen_if.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let pair = Pair::borrowed(gen_ns, gen_if);
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes this thread's scheduling policy only.
+            let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            assert_eq!(idle, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
+            let mut generator = Generator::new();
+            // Bounded: at most 400 batches of 500k frames (a few minutes).
+            for _ in 0..400 {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                generator.send(&pair, &frame, 500_000, true);
+            }
+        });
+        Flood {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `count` empty UDP datagrams to `dst`, a millisecond apart, from the pair's
+/// generator side and the generator's CPU (where a legitimate client competes with
+/// a flood).
+pub fn send_probes(pair: &Pair, dst: std::net::SocketAddr, count: u32) {
+    in_netns_here(&pair.gen_ns, || {
+        let unpinned = pin(GENERATOR_CPU);
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        for _ in 0..count {
+            sock.send_to(&[], dst).expect("send a probe");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        unpin(&unpinned);
+    });
 }
 
 /// The ArchWiki `recent` recipe, for the sequence 7000/tcp 8000/udp 9000/tcp
@@ -332,17 +443,33 @@ impl Netfilter {
             || out.contains(&format!("{addr} }}"))
     }
 
-    /// Forgets everything the ruleset holds (every stage and every authorization), so
-    /// that each attempt starts from nothing.
-    pub fn forget(self, pair: &Pair) {
+    /// Forgets `addr`: its authorization and its progress through the sequence (what
+    /// others, such as a flood, put in the ruleset stays).
+    pub fn forget(self, pair: &Pair, addr: &str) {
         match self {
             Netfilter::IptablesRecent => {
-                let cmd = "for l in AUTH1 AUTH2 AUTH3; do echo / > /proc/net/xt_recent/$l; done";
-                pair.rx(&["sh", "-c", cmd]);
+                let cmd = format!(
+                    "for l in AUTH1 AUTH2 AUTH3; do echo -{addr} > /proc/net/xt_recent/$l || true; done"
+                );
+                pair.rx(&["sh", "-c", &cmd]);
             }
             Netfilter::NftablesSets => {
                 for set in ["stage1", "stage2", "allowed"] {
-                    pair.rx(&["nft", "flush", "set", "inet", "knock", set]);
+                    // Absent already is fine.
+                    let element = format!("{{ {addr} }}");
+                    let _ = std::process::Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            &pair.rx_ns,
+                            "nft",
+                            "delete",
+                            "element",
+                            "inet",
+                            "knock",
+                        ])
+                        .args([set, &element])
+                        .output();
                 }
             }
         }
@@ -389,8 +516,8 @@ impl Knockd {
             .contains(&format!("-s {addr}/32"))
     }
 
-    /// Removes the rules knockd added (its own state for a source ends when the
-    /// sequence completes).
+    /// Removes the rules knockd added: its authorizations (its own state for a source
+    /// ends when the sequence completes).
     pub fn forget(&self, pair: &Pair) {
         pair.rx(&["iptables", "-F", "INPUT"]);
     }

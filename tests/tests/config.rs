@@ -59,14 +59,19 @@ fn defaults_and_kernel_tables() {
         rules[&port_rule_index(17, 8000).unwrap()],
         PortRule {
             knock_mask: 1,
-            protect_mask: 0
-        }
+            protect_mask: 0,
+            strict_mask: 1,
+            _pad: 0
+        },
+        "the strict sequence's bit is in every rule"
     );
     assert_eq!(
         rules[&port_rule_index(6, 22).unwrap()],
         PortRule {
             knock_mask: 0,
-            protect_mask: 1
+            protect_mask: 1,
+            strict_mask: 1,
+            _pad: 0
         }
     );
     assert!(

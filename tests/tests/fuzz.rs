@@ -93,8 +93,18 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Kernel and model state must match: live authorizations and live progress.
+/// Kernel and model state must match: live authorizations and live progress. The
+/// authorization hint never counts fewer authorizations in a slot than there are.
 fn compare_state(h: &Harness, model: &Model, now: u64, config: &Config) {
+    let mut per_slot: HashMap<u32, u64> = HashMap::new();
+    for (key, _) in h.state.authorized.iter().filter_map(Result::ok) {
+        let slot = knock_common::auth_hint_slot(&key.addr, h.state.auth_hint.shift());
+        *per_slot.entry(slot).or_default() += 1;
+        assert!(
+            h.state.auth_hint.get(&key.addr) >= per_slot[&slot],
+            "hint slot {slot} counts fewer authorizations than it has"
+        );
+    }
     let kernel_auth: HashMap<([u8; 16], u8), u64> = h
         .state
         .authorized

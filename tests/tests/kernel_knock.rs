@@ -295,3 +295,39 @@ protect = ["3333/tcp"]
     assert!(h.authorized(A, 1));
     assert_eq!(h.send(&Frame::syn(A, 3333)), PASS);
 }
+
+/// The authorization hint counts each authorization of a source once, whoever adds
+/// it, and drops back when they go; the kernel trusts a zero (so an authorization the
+/// hint does not count is not honoured until `repair_hint` counts it).
+#[test]
+fn the_authorization_hint_counts_what_the_kernel_and_the_loader_add_and_remove() {
+    let mut h = Harness::new();
+    let hint = |h: &Harness, src: &str| {
+        let addr = xknock::maps::mapped(src.parse().expect("addr"));
+        h.state.auth_hint.get(&addr)
+    };
+    assert_eq!(hint(&h, A), 0);
+    h.knock(&ssh_knocks(A));
+    assert_eq!(hint(&h, A), 1, "a completed sequence");
+    h.knock(&ssh_knocks(A));
+    assert_eq!(hint(&h, A), 1, "a renewal is the same authorization");
+    h.state
+        .allow(A.parse().expect("addr"), WEB, Duration::from_secs(60))
+        .expect("allow");
+    assert_eq!(hint(&h, A), 2, "`allow` for another sequence");
+    assert_eq!(h.state.revoke(A.parse().expect("addr"), None).expect("revoke"), 2);
+    assert_eq!(hint(&h, A), 0, "both revoked");
+    assert_eq!(h.send(&Frame::syn(A, 22)), DROP);
+
+    // An authorization written behind the hint's back, as an older program would.
+    let key = xknock::maps::source_key(B.parse().expect("addr"), SSH);
+    let auth = knock_common::Authorization {
+        expires_ns: h.now_ns() + 60_000_000_000,
+        opened_ns: h.now_ns(),
+    };
+    h.state.authorized.insert(&key, &auth, 0).expect("insert");
+    assert_eq!(h.send(&Frame::syn(B, 22)), DROP, "the kernel trusts a zero slot");
+    h.state.repair_hint();
+    assert_eq!(hint(&h, B), 1);
+    assert_eq!(h.send(&Frame::syn(B, 22)), PASS, "counted by the repair");
+}

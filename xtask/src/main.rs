@@ -20,15 +20,20 @@ enum Task {
     /// inspecting the object (e.g. `bpftool btf dump file ...`, `llvm-objdump -S ...`).
     BuildEbpf,
     /// Benchmark the XDP program against an empty one and against iptables, nftables
-    /// and knockd in the same run (needs root, about two minutes); prints the tables
-    /// and writes bench/results/kernel.{md,csv,svg}.
-    Bench,
+    /// and knockd in the same run (needs root, about five minutes); prints the tables
+    /// and writes bench/results/bench.{md,csv} and a chart per part.
+    Bench {
+        /// Passed to the benchmark: `cargo xtask bench -- --help` lists them (e.g.
+        /// `-- --quick kernel` for a quick look at the in-kernel costs).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(),
-        Task::Bench => bench(),
+        Task::Bench { args } => bench(&args),
     }
 }
 
@@ -58,7 +63,7 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
-fn bench() -> Result<()> {
+fn bench(args: &[String]) -> Result<()> {
     // The flood-resilience part runs the real `xknock knock` client.
     let built = Command::new("cargo")
         .args(["build", "--release", "--locked", "-p", "knock-loader"])
@@ -76,7 +81,9 @@ fn bench() -> Result<()> {
             "xknock-tests",
             "--bin",
             "xknock-bench",
+            "--",
         ])
+        .args(args)
         .status()
         .context("cannot run cargo")?;
     if !status.success() {

@@ -18,16 +18,24 @@ impl Config {
         self.sequences.iter().map(Sequence::kernel_config).collect()
     }
 
-    /// Nonzero entries of the kernel's port-rule array.
+    /// Entries of the kernel's port-rule array for the configured ports (every other
+    /// entry holds only the strict mask).
     pub fn port_rules(&self) -> HashMap<u32, PortRule> {
+        let strict_mask = self.strict_mask();
         let mut rules: HashMap<u32, PortRule> = HashMap::new();
         for (i, seq) in self.sequences.iter().enumerate() {
             let bit = 1u8 << i;
             for k in &seq.knocks {
-                rules.entry(rule_index(*k)).or_default().knock_mask |= bit;
+                rules
+                    .entry(rule_index(*k))
+                    .or_insert_with(|| strict(strict_mask))
+                    .knock_mask |= bit;
             }
             for p in &seq.protect {
-                rules.entry(rule_index(*p)).or_default().protect_mask |= bit;
+                rules
+                    .entry(rule_index(*p))
+                    .or_insert_with(|| strict(strict_mask))
+                    .protect_mask |= bit;
             }
         }
         rules
@@ -36,7 +44,6 @@ impl Config {
     /// The settings entry, keeping `base`'s test clock.
     pub fn settings(&self, base: Settings) -> Settings {
         Settings {
-            strict_mask: self.strict_mask(),
             ban_failures: self.ban.failures,
             ban_window_ns: nanos(self.ban.window),
             ban_for_ns: nanos(self.ban.ban_for),
@@ -68,6 +75,13 @@ impl Config {
             .enumerate()
             .filter(|(_, s)| s.strict)
             .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+}
+
+fn strict(strict_mask: u8) -> PortRule {
+    PortRule {
+        strict_mask,
+        ..PortRule::default()
     }
 }
 
