@@ -476,8 +476,10 @@ impl Netfilter {
     }
 }
 
-/// knockd listening on the pair's receiver, opening the sequence with an iptables rule
-/// (its `command`), as the ArchWiki page sets it up. Stopped on drop.
+/// knockd listening on the pair's receiver, set up like the ArchWiki page's (there the
+/// accepting rule goes into a chain consulted before the firewall's final reject):
+/// iptables drops 22/tcp, and the sequence makes knockd insert a rule accepting the
+/// source before that (its `command`). Stopped on drop.
 pub struct Knockd {
     child: std::process::Child,
     dir: std::path::PathBuf,
@@ -485,6 +487,9 @@ pub struct Knockd {
 
 impl Knockd {
     pub fn start(pair: &Pair) -> Knockd {
+        pair.rx(&[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+        ]);
         let dir = std::env::temp_dir().join(unique("xknock-knockd-"));
         std::fs::create_dir_all(&dir).expect("knockd dir");
         let config = dir.join("knockd.conf");
@@ -492,7 +497,7 @@ impl Knockd {
             &config,
             format!(
                 "[options]\n    logfile = {}\n[open]\n    sequence = 7000:tcp,8000:udp,9000:tcp\n    seq_timeout = 15\n    \
-                 tcpflags = syn\n    command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n",
+                 tcpflags = syn\n    command = /usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n",
                 dir.join("knockd.log").display()
             ),
         )
@@ -516,10 +521,22 @@ impl Knockd {
             .contains(&format!("-s {addr}/32"))
     }
 
-    /// Removes the rules knockd added: its authorizations (its own state for a source
-    /// ends when the sequence completes).
-    pub fn forget(&self, pair: &Pair) {
-        pair.rx(&["iptables", "-F", "INPUT"]);
+    /// Removes the rules knockd added for `addr`: its authorizations (its own state
+    /// for a source ends when the sequence completes).
+    pub fn forget(&self, pair: &Pair, addr: &str) {
+        let cmd =
+            format!("while iptables -D INPUT -s {addr} -p tcp --dport 22 -j ACCEPT 2>/dev/null; do :; done");
+        pair.rx(&["sh", "-c", &cmd]);
+    }
+
+    /// Packets the iptables rules have looked at so far (those to 22/tcp).
+    pub fn packets(&self, pair: &Pair) -> u64 {
+        let out = pair.rx(&["iptables", "-L", "INPUT", "-v", "-x", "-n"]);
+        // "  pkts bytes target ..." rows, one per rule.
+        out.lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     }
 }
 

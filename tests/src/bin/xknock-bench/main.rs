@@ -2,8 +2,8 @@
 //! `BPF_PROG_TEST_RUN` with `repeat`, for every path, with 1k, 64k and 1M sources
 //! tracked, next to an empty XDP program measured in the same run; the kernel memory
 //! each tracked source costs; live throughput on a veth pair; a SYN flood side by side
-//! with iptables `recent` and nftables; and legitimate knocks during a knock flood,
-//! for those two and knockd too. Writes bench/results/bench.{md,csv} and one SVG chart
+//! with iptables `recent`, nftables and knockd; and legitimate knocks during a knock
+//! flood, for xknock and the same three. Writes bench/results/bench.{md,csv} and one SVG chart
 //! per part. Ratios only: absolute numbers depend on the machine.
 
 mod kernel;
@@ -37,7 +37,7 @@ enum Part {
     Kernel,
     /// Live throughput on a veth pair, xknock against the empty program.
     Live,
-    /// A SYN flood side by side with iptables `recent` and nftables.
+    /// A SYN flood side by side with iptables `recent`, nftables and knockd.
     SideBySide,
     /// Legitimate knocks during a knock flood, for xknock and the alternatives.
     Resilience,

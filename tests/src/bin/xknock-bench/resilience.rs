@@ -169,7 +169,7 @@ pub fn resilience(md: &mut String, csv: &mut Csv) -> Vec<Row> {
         let watch = Watch {
             seen: &|| pair.received(),
             opened: &|| knockd.authorized(&pair, CLIENT),
-            forget: &|| knockd.forget(&pair),
+            forget: &|| knockd.forget(&pair, CLIENT),
         };
         rows.push(("knockd (libpcap + iptables)".into(), attempts(&pair, 1, &watch)));
     }
