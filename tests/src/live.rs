@@ -182,6 +182,14 @@ fn pin(cpu: usize) -> libc::cpu_set_t {
     old
 }
 
+/// Sets this thread's scheduling policy (SCHED_IDLE or SCHED_OTHER).
+fn set_policy(policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes this thread's scheduling policy only.
+    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    assert_eq!(ok, 0, "sched_setscheduler: {}", std::io::Error::last_os_error());
+}
+
 /// Gives this thread back the CPUs `pin` took from it.
 fn unpin(cpus: &libc::cpu_set_t) {
     // SAFETY: a set sched_getaffinity filled, passed with its size.
@@ -206,7 +214,12 @@ impl Generator {
     }
 
     /// Sends `count` copies of `frame` from the pair's generator side, each from a new
-    /// source address if `vary`. Returns the wall time the generator took.
+    /// source address if `vary`. Returns the wall time the generator took. It runs at
+    /// idle priority, so that the receiver's processing on the same CPU always goes
+    /// first: the generator then sends as fast as the receiver takes it, rather than
+    /// as fast as the scheduler's split of the CPU between the two allows, and it does
+    /// not overrun veth's ring (which would drop a legitimate client's packets before
+    /// any filter saw them).
     pub fn send(&mut self, pair: &Pair, frame: &[u8], count: u32, vary: bool) -> Duration {
         let mut flag: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut("GEN_VARY").expect("GEN_VARY")).expect("array");
@@ -230,6 +243,7 @@ impl Generator {
                 .collect();
             // Unpinned afterwards: processes this thread starts must not inherit it.
             let unpinned = pin(GENERATOR_CPU);
+            set_policy(libc::SCHED_IDLE);
             let started = Instant::now();
             let opts = TestRunOptions {
                 data_in: Some(frame),
@@ -241,6 +255,7 @@ impl Generator {
             };
             prog.test_run(opts).expect("live frames");
             let took = started.elapsed();
+            set_policy(libc::SCHED_OTHER);
             unpin(&unpinned);
             took
         })
@@ -254,10 +269,7 @@ impl Default for Generator {
 }
 
 /// A flood from a background thread: `frame` from ever new source addresses, at the
-/// generator's full rate; stopped on drop. The thread runs at idle priority, so that
-/// the receiver's processing on the same CPU always goes first: the flood then runs
-/// as fast as the receiver takes it, and the link itself drops nothing (a flood that
-/// overran veth's ring would drop legitimate packets before any filter saw them).
+/// generator's full rate (see `Generator::send`); stopped on drop.
 pub struct Flood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -269,10 +281,6 @@ impl Flood {
         let (gen_ns, gen_if, flag) = (pair.gen_ns.clone(), pair.gen_if.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let pair = Pair::borrowed(gen_ns, gen_if);
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: changes this thread's scheduling policy only.
-            let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            assert_eq!(idle, 0, "SCHED_IDLE: {}", std::io::Error::last_os_error());
             let mut generator = Generator::new();
             // Bounded: at most 400 batches of 500k frames (a few minutes).
             for _ in 0..400 {

@@ -3,6 +3,8 @@
 
 use std::{fmt::Write as _, time::Duration};
 
+use aya::programs::Xdp;
+
 use xknock_tests::{
     frame::{ACK, Frame},
     live::{Generator, Knockd, Netfilter, Pair, receiver_cpu_ns},
@@ -10,7 +12,7 @@ use xknock_tests::{
 
 use crate::{
     Csv,
-    setups::{netfilter_pair, passing_pair, xknock_pair},
+    setups::{empty_program, netfilter_pair, passing_pair, xknock_pair},
 };
 
 pub const LIVE_FRAMES: u32 = 2_000_000;
@@ -50,6 +52,15 @@ fn better(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
 /// receiver CPU ns per packet.
 pub type LiveRow = (&'static str, (f64, f64), (f64, f64));
 
+/// The XDP program's own time per run over `run`, from the kernel's statistics.
+fn xdp_ns_per_packet(prog: &Xdp, run: impl FnOnce() -> (f64, f64)) -> f64 {
+    let before = prog.info().expect("program info");
+    run();
+    let after = prog.info().expect("program info");
+    let ns = after.run_time().saturating_sub(before.run_time()).as_nanos() as f64;
+    ns / after.run_count().saturating_sub(before.run_count()).max(1) as f64
+}
+
 /// Live throughput on a veth pair: packets per second that reached the receiver's XDP
 /// program and receiver CPU per packet, xknock against the empty program (rounds
 /// interleaved), per traffic kind. Frames are addressed to the receiver, so what
@@ -80,29 +91,39 @@ pub fn live(md: &mut String, csv: &mut Csv) -> Vec<LiveRow> {
     ];
     let _ = writeln!(
         md,
-        "\n| live traffic | xknock Mpps | empty Mpps | ratio | xknock CPU ns/packet | empty CPU ns/packet |\n\
-         |---|---:|---:|---:|---:|---:|"
+        "\n| live traffic | xknock Mpps | empty Mpps | ratio | xknock CPU ns/packet | empty CPU ns/packet \
+         | xknock XDP ns/packet | empty XDP ns/packet |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut generator = Generator::new();
     let mut rows = vec![];
     for (name, frame, vary) in kinds {
         let received = |p: &Pair| p.received();
-        let (base_pair, _pass) = passing_pair();
-        let (our_pair, _h) = xknock_pair();
+        let (base_pair, mut pass) = passing_pair();
+        let (our_pair, mut h) = xknock_pair();
         let (mut base, mut ours) = ((0.0, 0.0), (0.0, 0.0));
+        let mut run = |pair: &Pair| {
+            let mut bytes = frame.build();
+            bytes[..6].copy_from_slice(&pair.rx_mac());
+            flood(&mut generator, pair, &bytes, vary, &received)
+        };
         for _ in 0..LIVE_ROUNDS {
-            for (pair, best) in [(&base_pair, &mut base), (&our_pair, &mut ours)] {
-                let mut bytes = frame.build();
-                bytes[..6].copy_from_slice(&pair.rx_mac());
-                *best = better(*best, flood(&mut generator, pair, &bytes, vary, &received));
-            }
+            base = better(base, run(&base_pair));
+            ours = better(ours, run(&our_pair));
         }
+        // Then one more run of each with the kernel's run-time statistics on (they
+        // cost both programs a clock read or two, so not during the rounds above).
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time statistics");
+        let base_xdp = xdp_ns_per_packet(empty_program(&mut pass), || run(&base_pair));
+        let our_xdp = xdp_ns_per_packet(h.program_mut(), || run(&our_pair));
+        drop(stats);
         let ratio = ours.0 / base.0;
         let _ = writeln!(
             md,
-            "| {name} | {:.2} | {:.2} | {ratio:.2} | {:.0} | {:.0} |",
+            "| {name} | {:.2} | {:.2} | {ratio:.2} | {:.0} | {:.0} | {our_xdp:.0} | {base_xdp:.0} |",
             ours.0, base.0, ours.1, base.1
         );
+        csv.row("live", name, None, "xknock_xdp_ns_per_packet", our_xdp);
+        csv.row("live", name, None, "empty_xdp_ns_per_packet", base_xdp);
         csv.row("live", name, None, "xknock_mpps", ours.0);
         csv.row("live", name, None, "empty_mpps", base.0);
         csv.row("live", name, None, "xknock_cpu_ns_per_packet", ours.1);
