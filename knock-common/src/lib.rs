@@ -129,7 +129,7 @@ pub struct Settings {
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at
-/// least twice the authorizations the map holds.
+/// least as many as the authorizations the map holds.
 pub const AUTH_HINT_MIN_SLOTS: u32 = 65536;
 
 /// The authorization-hint slot of a source address (Fibonacci hashing of its four

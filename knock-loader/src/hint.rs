@@ -26,8 +26,9 @@ pub struct AuthHint {
 // long as the value.
 unsafe impl Send for AuthHint {}
 
-/// Slots for an authorization map of `authorized` entries: a power of two, so that
-/// each slot holds about one authorization at most when the map is full.
+/// Slots for an authorization map of `authorized` entries: a power of two, at least
+/// one per entry (and AUTH_HINT_MIN_SLOTS: 512 KiB), so that a full map still leaves
+/// most slots empty.
 pub fn slots_for(authorized: u32) -> u32 {
     authorized.max(AUTH_HINT_MIN_SLOTS).next_power_of_two()
 }
