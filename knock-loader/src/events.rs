@@ -95,13 +95,7 @@ impl Events {
             .map(|(k, a)| (k, a.expires_ns))
             .collect();
         let now = state.now_ns()?;
-        let bans = state
-            .bans
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| b.until_ns > now)
-            .map(|(k, b)| (k.addr, b.until_ns))
-            .collect();
+        let bans = state.live_bans(now);
         let ban_for = Duration::from_nanos(state.settings()?.ban_for_ns);
         Ok(Events {
             sequences,

@@ -309,6 +309,16 @@ impl State {
         Ok(())
     }
 
+    /// Sources banned at `now`, with when their ban ends.
+    pub fn live_bans(&self, now: u64) -> std::collections::HashMap<[u8; 16], u64> {
+        self.bans
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.until_ns > now)
+            .map(|(k, b)| (k.addr, b.until_ns))
+            .collect()
+    }
+
     /// Lifts `addr`'s ban and forgets its failures. Returns whether it was banned.
     pub fn unban(&mut self, addr: IpAddr) -> Result<bool> {
         let key = SourceAddr { addr: mapped(addr) };

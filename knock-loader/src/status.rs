@@ -113,13 +113,11 @@ impl Status {
             .collect();
         authorized.sort_by_key(|a| (a.source, a.sequence.clone()));
         let mut banned: Vec<Banned> = state
-            .bans
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| b.until_ns > now)
-            .map(|(k, b)| Banned {
-                source: unmapped(k.addr),
-                left_ms: (b.until_ns - now) / 1_000_000,
+            .live_bans(now)
+            .into_iter()
+            .map(|(addr, until)| Banned {
+                source: unmapped(addr),
+                left_ms: (until - now) / 1_000_000,
             })
             .collect();
         banned.sort_by_key(|b| b.source);

@@ -133,14 +133,7 @@ fn compare_state(h: &Harness, model: &Model, now: u64, config: &Config) {
         .map(|(k, p)| ((k.addr, k.seq), usize::from(p.step)))
         .collect();
     assert_eq!(kernel_progress, model.live_progress(now), "progress differs");
-    let kernel_bans: HashMap<[u8; 16], u64> = h
-        .state
-        .bans
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, b)| b.until_ns > now)
-        .map(|(k, b)| (k.addr, b.until_ns))
-        .collect();
+    let kernel_bans = h.state.live_bans(now);
     assert_eq!(kernel_bans, model.live_bans(now), "bans differ");
 }
 

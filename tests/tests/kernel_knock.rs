@@ -221,6 +221,23 @@ fn strict_mode_resets_on_any_other_syn_or_datagram() {
     assert_eq!(h.step(A, SSH), Some(1));
 }
 
+/// Strict masks sit in every port rule, so a configuration that drops strict mode
+/// must clear them everywhere, not only on the configured ports.
+#[test]
+fn turning_strict_mode_off_clears_it_from_every_port() {
+    let mut h = Harness::new();
+    let relaxed = xknock_tests::harness::CONFIG.replace("strict = true", "strict = false");
+    let config =
+        xknock::config::Config::parse(std::path::Path::new("relaxed.toml"), &relaxed).expect("config");
+    h.state.apply(&config).expect("apply");
+    h.knock(&[Frame::udp(A, 7100)]);
+    assert_eq!(h.send(&Frame::syn(A, 80)), PASS);
+    assert_eq!(h.step(A, WEB), Some(1), "web is no longer strict");
+    let rule = |index| h.state.port_rules.get(&index, 0).expect("port rule");
+    assert_eq!(rule(80).strict_mask, 0, "an unconfigured TCP port");
+    assert_eq!(rule(65536 + 53).strict_mask, 0, "an unconfigured UDP port");
+}
+
 #[test]
 fn sources_and_sequences_interleave_without_disturbing_each_other() {
     let h = Harness::new();

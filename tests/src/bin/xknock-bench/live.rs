@@ -36,7 +36,7 @@ fn flood(
     let n = (processed(pair) - before) as f64;
     (
         n / took.as_secs_f64() / 1e6,
-        (receiver_cpu_ns() - cpu_before) as f64 / n.max(1.0),
+        (receiver_cpu_ns() - cpu_before) / n.max(1.0),
     )
 }
 
