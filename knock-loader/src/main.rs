@@ -106,9 +106,10 @@ enum Command {
         /// Pause between knocks.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         delay: Duration,
-        /// Send each knock this many times, back to back. The server ignores a repeat
-        /// of the knock it just accepted, so copies only guard against lost packets
-        /// (a lossy or flooded link).
+        /// Send each knock this many times, a few ms apart. The server ignores a repeat
+        /// of the knock it just accepted, so copies guard against lost packets, and
+        /// during a flood of spoofed knocks the second copy marks this client's
+        /// progress as in use, so that the server evicts the spoofed sources' first.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
         copies: u32,
         /// Use IPv4 only.

@@ -213,17 +213,19 @@ impl Generator {
         Generator { ebpf }
     }
 
-    /// Sends `count` copies of `frame` from the pair's generator side, each from a new
-    /// source address if `vary`. Returns the wall time the generator took. It runs at
+    /// Sends `count` copies of `frame` from the pair's generator side. With
+    /// `per_source` nonzero, each source address of the generator's range (130,816 of
+    /// them, in turn: xdp_gen's SOURCES) sends that many frames in a row; with 0 all
+    /// keep the frame's own. Returns the wall time the generator took. It runs at
     /// idle priority, so that the receiver's processing on the same CPU always goes
     /// first: the generator then sends as fast as the receiver takes it, rather than
     /// as fast as the scheduler's split of the CPU between the two allows, and it does
     /// not overrun veth's ring (which would drop a legitimate client's packets before
     /// any filter saw them).
-    pub fn send(&mut self, pair: &Pair, frame: &[u8], count: u32, vary: bool) -> Duration {
+    pub fn send(&mut self, pair: &Pair, frame: &[u8], count: u32, per_source: u32) -> Duration {
         let mut flag: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut("GEN_VARY").expect("GEN_VARY")).expect("array");
-        flag.set(0, &u32::from(vary), 0).expect("set GEN_VARY");
+        flag.set(0, &per_source, 0).expect("set GEN_VARY");
         let prog: &Xdp = self
             .ebpf
             .program("xdp_gen")
@@ -268,15 +270,16 @@ impl Default for Generator {
     }
 }
 
-/// A flood from a background thread: `frame` from ever new source addresses, at the
-/// generator's full rate (see `Generator::send`); stopped on drop.
+/// A flood from a background thread: `frame` from the generator's source addresses in
+/// turn, `per_source` frames each, at the generator's full rate (see
+/// `Generator::send`); stopped on drop.
 pub struct Flood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flood {
-    pub fn start(pair: &Pair, frame: Vec<u8>) -> Flood {
+    pub fn start(pair: &Pair, frame: Vec<u8>, per_source: u32) -> Flood {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (gen_ns, gen_if, flag) = (pair.gen_ns.clone(), pair.gen_if.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -287,7 +290,7 @@ impl Flood {
                 if flag.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                generator.send(&pair, &frame, 500_000, true);
+                generator.send(&pair, &frame, 500_000, per_source);
             }
         });
         Flood {

@@ -1,6 +1,7 @@
 //! The benchmark's traffic generator: run with live frames, it transmits every frame
-//! out of the interface it is run on. With GEN_VARY set, each frame gets a new IPv4
-//! source address (198.19.x.y from a per-CPU counter), as a flood from many sources.
+//! out of the interface it is run on. With GEN_VARY set, the frames get IPv4 source
+//! addresses from a per-CPU counter, as a flood from many sources: every address of
+//! 198.18.0.0/15 but the rig's own 198.18.100.0/24, in turn (SOURCES of them).
 #![no_std]
 #![no_main]
 
@@ -14,7 +15,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-/// Entry 0 nonzero: vary the source address. Written by the benchmark.
+/// Entry 0: frames each source address sends in a row; 0 keeps the frame's own.
+/// Written by the benchmark.
 #[map]
 static GEN_VARY: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -25,6 +27,14 @@ static GEN_COUNT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Offset of the IP header in an untagged frame.
 const IP: usize = 14;
 
+/// How many source addresses the flood cycles through: a source comes back only after
+/// all the others, so a table with fewer entries than this never sees it again.
+pub const SOURCES: u32 = (1 << 17) - 256;
+
+/// 198.18.0.0, the start of the range, and the offset of the rig's /24 in it.
+const BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
+const RIG: u32 = 100 << 8;
+
 #[xdp]
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -32,15 +42,17 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
         return XDP_TX;
     }
     let header = (start + IP) as *mut [u8; 20];
-    if GEN_VARY.get(0).is_some_and(|v| *v != 0)
+    let per_source = GEN_VARY.get(0).copied().unwrap_or(0);
+    if per_source != 0
         && let Some(count) = GEN_COUNT.get_ptr_mut(0)
     {
         // SAFETY: a per-CPU slot, and a write within the bounds checked above.
         unsafe {
             *count = (*count).wrapping_add(1);
-            let [_, _, hi, lo] = (*count).to_be_bytes();
+            let source = (*count / per_source) % SOURCES;
+            let skip = if source >= RIG { 256 } else { 0 };
             let h = &mut *header;
-            h[12..16].copy_from_slice(&[198, 19, hi, lo]);
+            h[12..16].copy_from_slice(&(BASE + source + skip).to_be_bytes());
             // A valid header checksum, so that IP stacks behind other filters take it.
             h[10] = 0;
             h[11] = 0;

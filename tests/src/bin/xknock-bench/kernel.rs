@@ -12,7 +12,7 @@ use xknock_tests::{
 
 use crate::{
     Csv,
-    setups::{empty_program, load_empty_program, xknock_harness},
+    setups::{empty_program, load_empty_program, xknock_harness_large},
 };
 
 const REPEAT: u32 = 200_000;
@@ -107,7 +107,7 @@ pub fn kernel(md: &mut String, csv: &mut Csv, sources: &[u32]) -> Vec<(&'static 
     );
     let mut over_by_path = vec![];
     for &n in sources {
-        let mut h = xknock_harness();
+        let mut h = xknock_harness_large();
         prepare(&mut h, n);
         for (name, frame) in paths() {
             let bytes = frame.build();

@@ -1,7 +1,7 @@
 //! Flood resilience: how many legitimate knocks still open while a flood of first
-//! knocks (7000/tcp) from ever new sources runs at the highest rate the generator
-//! reaches, for xknock and for each alternative. The client is the real `xknock
-//! knock`, run in the generator's namespace on the generator's CPU.
+//! knocks (7000/tcp) from the generator's 130,816 source addresses in turn runs at the
+//! highest rate the generator reaches, for xknock and for each alternative. The client
+//! is the real `xknock knock`, run in the generator's namespace on the generator's CPU.
 
 use std::{cell::RefCell, fmt::Write as _, net::IpAddr, time::Duration};
 
@@ -15,9 +15,7 @@ use xknock_tests::{
 
 use crate::{
     Csv,
-    setups::{
-        SEQUENCES, netfilter_pair, passing_pair, xknock_harness, xknock_harness_with, xknock_pair_with,
-    },
+    setups::{netfilter_pair, passing_pair, xknock_harness, xknock_harness_large, xknock_pair_with},
 };
 
 /// Attempts per setup: enough to tell 99% from 100%.
@@ -64,9 +62,9 @@ fn knock(pair: &Pair, copies: u32) {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-/// ATTEMPTS knocks during a flood; returns how many opened and the flood rate the
-/// filter saw.
-fn attempts(pair: &Pair, copies: u32, watch: &Watch) -> (usize, f64) {
+/// ATTEMPTS knocks during a flood whose sources send `per_source` knocks each;
+/// returns how many opened and the flood rate the filter saw.
+fn attempts(pair: &Pair, copies: u32, per_source: u32, watch: &Watch) -> (usize, f64) {
     // Without a flood the setup must work, or its numbers would mean nothing.
     knock(pair, copies);
     assert!(
@@ -74,7 +72,7 @@ fn attempts(pair: &Pair, copies: u32, watch: &Watch) -> (usize, f64) {
         "a knock without any flood did not open: the setup is broken"
     );
     (watch.forget)();
-    let flood = Flood::start(pair, first_knock(pair));
+    let flood = Flood::start(pair, first_knock(pair), per_source);
     std::thread::sleep(Duration::from_millis(300));
     let (seen, started) = ((watch.seen)(), std::time::Instant::now());
     let mut ok = 0;
@@ -93,7 +91,7 @@ fn attempts(pair: &Pair, copies: u32, watch: &Watch) -> (usize, f64) {
 /// What xknock's program sees of a probe to an unrelated port during the flood: the
 /// benchmark is only fair if the link delivers the client's packets.
 fn link_check(pair: &Pair, h: &Harness) -> u64 {
-    let flood = Flood::start(pair, first_knock(pair));
+    let flood = Flood::start(pair, first_knock(pair), 1);
     std::thread::sleep(Duration::from_millis(300));
     let before = h.state.counter(Counter::PassOther).expect("counter");
     send_probes(pair, format!("{SERVER}:5555").parse().expect("addr"), 1000);
@@ -103,8 +101,9 @@ fn link_check(pair: &Pair, h: &Harness) -> u64 {
     (h.state.counter(Counter::PassOther).expect("counter") - before).min(1000)
 }
 
-/// xknock's rows: on `h`, with each number of copies per knock.
-fn xknock_rows(rows: &mut Vec<Row>, h: Harness, runs: &[(&str, u32)]) {
+/// xknock's rows: on `h`, with each (name, the client's copies per knock, the flood's
+/// knocks per source).
+fn xknock_rows(rows: &mut Vec<Row>, h: Harness, runs: &[(&str, u32, u32)]) {
     let (pair, h) = xknock_pair_with(h);
     let client: IpAddr = CLIENT.parse().expect("addr");
     let h = RefCell::new(h);
@@ -118,8 +117,8 @@ fn xknock_rows(rows: &mut Vec<Row>, h: Harness, runs: &[(&str, u32)]) {
             let _ = h.state.progress.remove(&xknock::maps::source_key(client, 0));
         },
     };
-    for (name, copies) in runs {
-        rows.push(((*name).into(), attempts(&pair, *copies, &watch)));
+    for (name, copies, per_source) in runs {
+        rows.push(((*name).into(), attempts(&pair, *copies, *per_source, &watch)));
     }
 }
 
@@ -142,15 +141,24 @@ pub fn resilience(md: &mut String, csv: &mut Csv) -> Vec<Row> {
         "\n| legitimate knocks during a knock flood | succeeded | flood the filter saw, Mpps |\n|---|---:|---:|"
     );
     let mut rows: Vec<Row> = vec![];
+    // Default [limits]: 65,536 sources in progress, half the flood's sources.
     xknock_rows(
         &mut rows,
         xknock_harness(),
-        &[("xknock (XDP)", 2), ("xknock (XDP), one copy per knock", 1)],
+        &[
+            ("xknock (XDP)", 2, 1),
+            ("xknock (XDP), one copy per knock", 1, 1),
+            ("xknock (XDP), the flood knocks twice per source", 2, 2),
+        ],
     );
     xknock_rows(
         &mut rows,
-        xknock_harness_with(SEQUENCES),
-        &[("xknock (XDP), default [limits]", 2)],
+        xknock_harness_large(),
+        &[(
+            "xknock (XDP), in_progress > the flood's sources, one copy, flood twice per source",
+            1,
+            2,
+        )],
     );
     // The alternatives' clients send each knock once (knockd's `knock` does).
     for nf in [Netfilter::IptablesRecent, Netfilter::NftablesSets] {
@@ -160,7 +168,7 @@ pub fn resilience(md: &mut String, csv: &mut Csv) -> Vec<Row> {
             opened: &|| nf.authorized(&pair, CLIENT),
             forget: &|| nf.forget(&pair, CLIENT),
         };
-        rows.push((nf.name().into(), attempts(&pair, 1, &watch)));
+        rows.push((nf.name().into(), attempts(&pair, 1, 1, &watch)));
     }
     {
         let (pair, _pass) = passing_pair();
@@ -171,7 +179,10 @@ pub fn resilience(md: &mut String, csv: &mut Csv) -> Vec<Row> {
             opened: &|| knockd.authorized(&pair, CLIENT),
             forget: &|| knockd.forget(&pair, CLIENT),
         };
-        rows.push(("knockd (libpcap + iptables)".into(), attempts(&pair, 1, &watch)));
+        rows.push((
+            "knockd (libpcap + iptables)".into(),
+            attempts(&pair, 1, 1, &watch),
+        ));
     }
     for (name, (ok, rate)) in &rows {
         let _ = writeln!(md, "| {name} | {ok}/{ATTEMPTS} | {rate:.2} |");

@@ -28,8 +28,8 @@ open_for = "1h"
 failures = 0
 "#;
 
-/// Room for a million sources in progress and authorized (the default is 65536 and
-/// 16384).
+/// Room for a million sources in progress and authorized (the default is 65,536 and
+/// 16,384).
 pub const LIMITS: &str = r#"
 [limits]
 in_progress = 1048640
@@ -67,8 +67,15 @@ pub fn netfilter_pair(nf: Netfilter) -> (Pair, Ebpf) {
     (pair, pass)
 }
 
-/// xknock with the benchmark's sequences and LIMITS on the real clock, ready to attach.
+/// xknock with the benchmark's sequences and default [limits] on the real clock,
+/// ready to attach.
 pub fn xknock_harness() -> Harness {
+    xknock_harness_with(SEQUENCES)
+}
+
+/// The same with LIMITS: room for every source the generator has, and for the
+/// in-kernel part's million.
+pub fn xknock_harness_large() -> Harness {
     xknock_harness_with(&format!("{SEQUENCES}{LIMITS}"))
 }
 
