@@ -92,8 +92,9 @@ pub struct SequenceConfig {
 }
 
 /// What the kernel needs to know about one (protocol, port): which sequences use it
-/// as a knock, which protect it, and which strict sequences see a SYN or datagram to
-/// it. Zero for every port nobody configured while no sequence is strict.
+/// as a knock, which protect it, which strict sequences see a SYN or datagram to it,
+/// and whether it takes SPA requests. Zero for every port nobody configured while no
+/// sequence is strict.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortRule {
@@ -104,7 +105,55 @@ pub struct PortRule {
     /// Bit `s` set: sequence `s` is strict. The same in every entry; kept here so that
     /// unrelated traffic needs this one lookup and no other.
     pub strict_mask: u8,
-    pub _pad: u8,
+    /// `RULE_*` bits.
+    pub flags: u8,
+}
+
+/// `PortRule::flags`: the (UDP) port takes Single Packet Authorization requests.
+pub const RULE_SPA: u8 = 1;
+
+/// The SPA request format's version (the first payload byte); see the README.
+pub const SPA_VERSION: u8 = 1;
+/// Bytes of a client's key id, after the version byte.
+pub const SPA_KEY_ID_LEN: usize = 8;
+/// Longest SPA payload the kernel hands to userspace; longer datagrams are refused.
+pub const SPA_MAX_PAYLOAD: usize = 512;
+/// SPA requests one source may have handed to userspace per SPA_BUDGET_WINDOW_NS;
+/// the kernel sheds (and counts) the rest.
+pub const SPA_BUDGET: u32 = 4;
+pub const SPA_BUDGET_WINDOW_NS: u64 = 1_000_000_000;
+/// SPA clients (key ids) the kernel knows.
+pub const SPA_KEYS: u32 = 1024;
+
+/// A configured SPA key id: the key of the key-id map, which lets the kernel drop
+/// requests no client could have sent before they cost userspace anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SpaKeyId {
+    pub id: [u8; SPA_KEY_ID_LEN],
+}
+
+/// A source's SPA requests in the current budget window. Written by the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SpaBudget {
+    pub window_start_ns: u64,
+    pub requests: u32,
+    pub _pad: u32,
+}
+
+/// An SPA request as the kernel hands it to `xknock run`: the source and the UDP
+/// payload (`len` bytes of `payload`), unverified.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct SpaRequest {
+    /// Kernel clock, ns (without the settings' clock offset).
+    pub ts_ns: u64,
+    /// IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    pub len: u32,
+    pub _pad: u32,
+    pub payload: [u8; SPA_MAX_PAYLOAD],
 }
 
 /// Global settings, entry 0 of the settings array. Written by the loader.
@@ -324,9 +373,19 @@ pub enum Counter {
     PassAllowed = 11,
     /// To a knock or protected port from a `deny` source.
     DropDenied = 12,
+    /// SPA requests handed to `xknock run` (and dropped, like every packet to the SPA
+    /// port).
+    DropSpa = 13,
+    /// To the SPA port but no request a client could have sent: empty, longer than
+    /// SPA_MAX_PAYLOAD, another version, or an unknown key id.
+    SpaRefused = 14,
+    /// SPA requests over their source's budget (SPA_BUDGET per second).
+    SpaShed = 15,
+    /// SPA requests the ring buffer to `xknock run` had no room for.
+    SpaLost = 16,
 }
 
-pub const COUNTERS: u32 = 13;
+pub const COUNTERS: u32 = 17;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -343,6 +402,10 @@ impl Counter {
         Counter::BannedKnock,
         Counter::PassAllowed,
         Counter::DropDenied,
+        Counter::DropSpa,
+        Counter::SpaRefused,
+        Counter::SpaShed,
+        Counter::SpaLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -360,6 +423,10 @@ impl Counter {
             Counter::BannedKnock => "banned_knock",
             Counter::PassAllowed => "pass_allowed",
             Counter::DropDenied => "drop_denied",
+            Counter::DropSpa => "drop_spa",
+            Counter::SpaRefused => "spa_refused",
+            Counter::SpaShed => "spa_shed",
+            Counter::SpaLost => "spa_lost",
         }
     }
 }
@@ -377,6 +444,9 @@ pub mod map_names {
     pub const BANS: &str = "XK_BANS";
     pub const ACCESS: &str = "XK_ACCESS";
     pub const AUTH_HINT: &str = "XK_AUTH_HINT";
+    pub const SPA_KEYS: &str = "XK_SPA_KEYS";
+    pub const SPA_BUDGETS: &str = "XK_SPA_BUDGETS";
+    pub const SPA_REQUESTS: &str = "XK_SPA_REQUESTS";
 }
 
 const _: () = {
@@ -393,6 +463,9 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 24);
     assert!(size_of::<Flow>() == 16);
     assert!(size_of::<Event>() == 32);
+    assert!(size_of::<SpaKeyId>() == SPA_KEY_ID_LEN);
+    assert!(size_of::<SpaBudget>() == 16);
+    assert!(size_of::<SpaRequest>() == 32 + SPA_MAX_PAYLOAD);
     assert!(MAX_SEQUENCES <= 8, "sequence masks are u8");
 };
 
@@ -413,4 +486,7 @@ mod user {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for SourceAddr {}
     unsafe impl aya::Pod for Ban {}
+    unsafe impl aya::Pod for SpaKeyId {}
+    unsafe impl aya::Pod for SpaBudget {}
+    unsafe impl aya::Pod for SpaRequest {}
 }

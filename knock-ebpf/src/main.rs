@@ -12,6 +12,7 @@ mod runtime;
 mod knock;
 mod maps;
 mod parse;
+mod spa;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, auth_hint_slot, port_rule_index,
+    RULE_SPA, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, auth_hint_slot, port_rule_index,
 };
 use maps::{
     XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES,
@@ -71,8 +72,13 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
     } else {
         0
     };
-    if rule.knock_mask | rule.protect_mask | strict_mask == 0 {
+    if rule.knock_mask | rule.protect_mask | strict_mask | rule.flags == 0 {
         return (XDP_PASS, Counter::PassOther);
+    }
+    if rule.flags & RULE_SPA != 0 {
+        // Only UDP ports carry RULE_SPA, and no sequence uses them (so strict mode
+        // does not see these datagrams either).
+        return (XDP_DROP, spa::request(ctx, transport));
     }
     let settings = XK_SETTINGS.get(0).copied().unwrap_or_default();
     let Ok(packet) = transport.with_source(ctx) else {
@@ -110,7 +116,7 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
 
 /// The allow/deny list entry for `src` (longest prefix), or 0 when none matches.
 #[inline(always)]
-fn access(src: &[u8; 16]) -> u8 {
+pub(crate) fn access(src: &[u8; 16]) -> u8 {
     let key = Key::new(128, *src);
     XK_ACCESS.get(&key).copied().unwrap_or(0)
 }
@@ -200,7 +206,7 @@ fn maybe_authorized(src: &[u8; 16], settings: &Settings) -> bool {
 
 /// The policy clock: the kernel's monotonic clock, unless a test drives time.
 #[inline(always)]
-fn now_ns(settings: &Settings) -> u64 {
+pub(crate) fn now_ns(settings: &Settings) -> u64 {
     match settings.test_now_ns {
         // SAFETY: a helper with no arguments.
         0 => unsafe { bpf_ktime_get_ns() },

@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES,
-    PORT_RULE_ENTRIES, PortRule, Progress, SequenceConfig, Settings, SourceAddr, SourceKey,
+    PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SequenceConfig, Settings, SourceAddr, SourceKey,
+    SpaBudget, SpaKeyId, SpaRequest,
 };
 
 /// The configured sequences, by index. Written by the loader; read per knock.
@@ -67,3 +68,17 @@ pub static XK_COUNTERS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::n
 /// Knock, reset, open and open-failed events for `xknock run`. Written by the kernel.
 #[btf_map(pin_by_name)]
 pub static XK_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+
+/// The configured SPA clients' key ids (values unused). Written by the loader; a
+/// request with another key id is refused here, before it costs userspace anything.
+#[btf_map(pin_by_name)]
+pub static XK_SPA_KEYS: HashMap<SpaKeyId, u8, { SPA_KEYS as usize }> = HashMap::new();
+
+/// SPA requests per source in the current second, the per-source budget. Written by
+/// the kernel; LRU, so a flood from many sources evicts only budgets.
+#[btf_map(pin_by_name)]
+pub static XK_SPA_BUDGETS: LruHashMap<SourceAddr, SpaBudget, 65536> = LruHashMap::new();
+
+/// SPA requests for `xknock run` to verify. Written by the kernel.
+#[btf_map(pin_by_name)]
+pub static XK_SPA_REQUESTS: RingBuf<SpaRequest, { 64 * 1024 }> = RingBuf::new();

@@ -32,6 +32,10 @@ pub struct Transport {
     /// Where the source address is: read only once the packet matters, so that
     /// unrelated traffic does not pay for copying it.
     src: SourceAt,
+    /// UDP: where the payload starts in the frame, and its length as the UDP and IP
+    /// headers agree on it (the shorter); 0 for TCP. Only SPA requests read it.
+    pub payload_at: u16,
+    pub payload_len: u16,
 }
 
 #[derive(Clone, Copy)]
@@ -61,8 +65,12 @@ impl Transport {
             SourceAt::V4(offset) => {
                 let a: *const [u8; 4] = ptr_at(ctx, offset)?;
                 // SAFETY: ptr_at checked the four bytes.
-                let [a, b, c, d] = unsafe { *a };
-                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+                let v4 = u32::from_ne_bytes(unsafe { *a });
+                // Built as four words: as sixteen bytes LLVM keeps (and spills) one
+                // register per byte.
+                let words = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4];
+                // SAFETY: [u32; 4] and [u8; 16] have the same size, any bits are valid.
+                unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
             }
             SourceAt::V6(offset) => {
                 let a: *const [u8; 16] = ptr_at(ctx, offset)?;
@@ -268,6 +276,8 @@ fn parse_transport(
                 dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
                 proto,
                 tcp_flags: tcp[13],
+                payload_at: 0,
+                payload_len: 0,
             }))
         }
         PROTO_UDP => {
@@ -277,12 +287,15 @@ fn parse_transport(
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked the UDP header.
             let udp = unsafe { &*udp };
+            let payload_len = (udp.len() as usize).min(len).saturating_sub(UdpHdr::LEN);
             Ok(Parsed::Transport(Transport {
                 src,
                 src_port: udp.src_port(),
                 dst_port: udp.dst_port(),
                 proto,
                 tcp_flags: 0,
+                payload_at: (offset + UdpHdr::LEN) as u16,
+                payload_len: payload_len as u16,
             }))
         }
         _ => Ok(Parsed::Other),

@@ -17,7 +17,7 @@ use aya::{
 };
 use knock_common::{
     Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
-    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, map_names,
+    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, SpaKeyId, map_names,
 };
 
 /// Map update flags (aya passes them to the kernel as they are).
@@ -39,6 +39,7 @@ pub struct State {
     pub counters: PerCpuArray<MapData, u64>,
     pub bans: HashMap<MapData, SourceAddr, Ban>,
     pub access: LpmTrie<MapData, [u8; 16], u8>,
+    pub spa_keys: HashMap<MapData, SpaKeyId, u8>,
 }
 
 impl State {
@@ -85,6 +86,7 @@ impl State {
             counters: typed(get, map_names::COUNTERS)?,
             bans: typed(get, map_names::BANS)?,
             access: typed(get, map_names::ACCESS)?,
+            spa_keys: typed(get, map_names::SPA_KEYS)?,
         })
     }
 
@@ -190,6 +192,26 @@ impl State {
             .set(0, &settings, 0)
             .context("cannot write the settings map")?;
         self.repair_hint();
+        Ok(())
+    }
+
+    /// Makes `ids` the SPA key ids the kernel lets through, and no others.
+    pub fn set_spa_keys(&mut self, ids: &[SpaKeyId]) -> Result<()> {
+        let stale: Vec<SpaKeyId> = self
+            .spa_keys
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ids.contains(k))
+            .collect();
+        for id in ids {
+            self.spa_keys
+                .insert(id, &1, 0)
+                .context("cannot write the SPA key map (more than 1024 clients?)")?;
+        }
+        for id in stale {
+            // Absent means removed meanwhile: fine.
+            let _ = self.spa_keys.remove(&id);
+        }
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub struct Frame {
     pub l4_bytes: Option<usize>,
     /// The destination (None: SERVER_V4 or SERVER_V6).
     pub dst: Option<IpAddr>,
+    /// Bytes after the L4 header (the UDP length counts them).
+    pub payload: Vec<u8>,
 }
 
 impl Frame {
@@ -46,6 +48,7 @@ impl Frame {
             fragment: None,
             l4_bytes: None,
             dst: None,
+            payload: vec![],
         }
     }
 
@@ -100,6 +103,11 @@ impl Frame {
         self
     }
 
+    pub fn payload(mut self, payload: &[u8]) -> Frame {
+        self.payload = payload.to_vec();
+        self
+    }
+
     pub fn dst(mut self, dst: IpAddr) -> Frame {
         self.dst = Some(dst);
         self
@@ -127,13 +135,14 @@ impl Frame {
                 let mut h = vec![0u8; 8];
                 h[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
-                h[4..6].copy_from_slice(&8u16.to_be_bytes());
+                h[4..6].copy_from_slice(&(8 + self.payload.len() as u16).to_be_bytes());
                 h
             }
             _ => vec![0u8; 8],
         };
-        if let Some(n) = self.l4_bytes {
-            l4.truncate(n);
+        match self.l4_bytes {
+            Some(n) => l4.truncate(n),
+            None => l4.extend_from_slice(&self.payload),
         }
         l4
     }

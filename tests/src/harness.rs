@@ -58,6 +58,7 @@ pub struct Harness {
     ebpf: Ebpf,
     pub state: State,
     events: RingBuf<MapData>,
+    spa_requests: RingBuf<MapData>,
     /// The frozen policy clock.
     now: Duration,
     // Last: unmounted after the program and maps are closed.
@@ -87,10 +88,16 @@ impl Harness {
             .expect("events map")
             .try_into()
             .expect("ring buffer");
+        let spa_requests = ebpf
+            .take_map(knock_common::map_names::SPA_REQUESTS)
+            .expect("SPA request map")
+            .try_into()
+            .expect("ring buffer");
         Harness {
             ebpf,
             state,
             events,
+            spa_requests,
             now: START,
             fs,
         }
@@ -190,6 +197,15 @@ impl Harness {
         let mut out = vec![];
         while let Some(item) = self.events.next() {
             out.push(bytemuck::pod_read_unaligned::<Event>(&item));
+        }
+        out
+    }
+
+    /// The SPA requests the kernel handed over since the last call.
+    pub fn spa_requests(&mut self) -> Vec<knock_common::SpaRequest> {
+        let mut out = vec![];
+        while let Some(item) = self.spa_requests.next() {
+            out.push(bytemuck::pod_read_unaligned(&item));
         }
         out
     }

@@ -61,7 +61,7 @@ fn defaults_and_kernel_tables() {
             knock_mask: 1,
             protect_mask: 0,
             strict_mask: 1,
-            _pad: 0
+            flags: 0
         },
         "the strict sequence's bit is in every rule"
     );
@@ -71,7 +71,7 @@ fn defaults_and_kernel_tables() {
             knock_mask: 0,
             protect_mask: 1,
             strict_mask: 1,
-            _pad: 0
+            flags: 0
         }
     );
     assert!(

@@ -1,0 +1,119 @@
+//! Single Packet Authorization: every datagram to the SPA port is dropped; one that
+//! could be a client's request, from a source within its budget, is handed to
+//! `xknock run` (which verifies it) through XK_SPA_REQUESTS.
+
+use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use knock_common::{
+    ACCESS_DENY, Counter, SPA_BUDGET, SPA_BUDGET_WINDOW_NS, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD, SPA_VERSION,
+    Settings, SourceAddr, SpaBudget, SpaKeyId,
+};
+
+use crate::{
+    access,
+    maps::{XK_SETTINGS, XK_SPA_BUDGETS, XK_SPA_KEYS, XK_SPA_REQUESTS},
+    now_ns,
+    parse::Transport,
+};
+
+/// The counter for a datagram to the SPA port (the verdict is always drop). Out of
+/// line: its stack is not added to the knock path's.
+#[inline(never)]
+pub fn request(ctx: &XdpContext, transport: &Transport) -> Counter {
+    let Ok(packet) = transport.with_source(ctx) else {
+        return Counter::DropUnparsed;
+    };
+    let Some(settings) = XK_SETTINGS.get(0) else {
+        return Counter::SpaRefused;
+    };
+    if settings.access_rules != 0 && access(&packet.src) == ACCESS_DENY {
+        return Counter::DropDenied;
+    }
+    let len = transport.payload_len as usize;
+    if len < 1 + SPA_KEY_ID_LEN || len > SPA_MAX_PAYLOAD {
+        return Counter::SpaRefused;
+    }
+    // The helper checks the bounds itself: the payload's offset is not a constant the
+    // verifier could follow through a packet pointer.
+    // Two words, not a byte array, which LLVM would clear with a call to memset (a
+    // stack frame the verifier counts); bpfel, so byte 0 is the low byte of word 0.
+    let mut head = [0u64; 2];
+    // SAFETY: copies 1 + SPA_KEY_ID_LEN (9) bytes into the 16 of `head`.
+    let read = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            u32::from(transport.payload_at),
+            head.as_mut_ptr().cast(),
+            (1 + SPA_KEY_ID_LEN) as u32,
+        )
+    };
+    if read != 0 {
+        return Counter::SpaRefused;
+    }
+    let version = head[0] as u8;
+    let key = SpaKeyId {
+        id: ((head[0] >> 8) | (head[1] << 56)).to_le_bytes(),
+    };
+    // SAFETY: only whether the key exists is used.
+    if version != SPA_VERSION || unsafe { XK_SPA_KEYS.get(&key) }.is_none() {
+        return Counter::SpaRefused;
+    }
+    let now = now_ns(settings);
+    if !within_budget(&packet.src, now) {
+        return Counter::SpaShed;
+    }
+    let Some(mut entry) = XK_SPA_REQUESTS.reserve(0) else {
+        return Counter::SpaLost;
+    };
+    // The same length, in a form whose bounds (1..=SPA_MAX_PAYLOAD) the verifier can
+    // see at the copy: black_box keeps LLVM from dropping the mask as redundant.
+    let size = (core::hint::black_box(len as u32).wrapping_sub(1) & (SPA_MAX_PAYLOAD as u32 - 1)) + 1;
+    let request = entry.as_mut_ptr();
+    // SAFETY: the entry is reserved for us and big enough; bpf_xdp_load_bytes copies
+    // `size` (1..=SPA_MAX_PAYLOAD) bytes into the payload array, which holds that many.
+    let copied = unsafe {
+        (*request).ts_ns = now;
+        (*request).addr = packet.src;
+        (*request).len = len as u32;
+        (*request)._pad = 0;
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            u32::from(transport.payload_at),
+            (*request).payload.as_mut_ptr().cast(),
+            size,
+        )
+    };
+    if copied != 0 {
+        entry.discard(0);
+        return Counter::SpaRefused;
+    }
+    entry.submit(0);
+    Counter::DropSpa
+}
+
+const _: () = assert!(SPA_MAX_PAYLOAD.is_power_of_two(), "the copy's length is masked");
+
+/// Counts the request against its source's budget; false when it is spent.
+#[inline(always)]
+fn within_budget(src: &[u8; 16], now: u64) -> bool {
+    let key = SourceAddr { addr: *src };
+    if let Some(budget) = XK_SPA_BUDGETS.get_ptr_mut(&key) {
+        // SAFETY: a map value; two CPUs racing here can only let a request or two
+        // more through.
+        let budget = unsafe { &mut *budget };
+        if now.saturating_sub(budget.window_start_ns) < SPA_BUDGET_WINDOW_NS {
+            if budget.requests >= SPA_BUDGET {
+                return false;
+            }
+            budget.requests += 1;
+            return true;
+        }
+    }
+    let fresh = SpaBudget {
+        window_start_ns: now,
+        requests: 1,
+        _pad: 0,
+    };
+    // A full LRU evicts the oldest budget: at worst a flood's source starts afresh.
+    let _ = XK_SPA_BUDGETS.insert(&key, &fresh, 0);
+    true
+}

@@ -1,0 +1,149 @@
+//! The kernel's half of Single Packet Authorization through `BPF_PROG_TEST_RUN`: what
+//! reaches the SPA request ring buffer, what is refused or shed, and that every
+//! datagram to the SPA port is dropped.
+
+use std::time::Duration;
+
+use knock_common::{Counter, PortRule, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, port_rule_index};
+use xknock_tests::{
+    frame::Frame,
+    harness::{A, A6, B, DROP, Harness, PASS},
+    mapped,
+};
+
+const SPA_PORT: u16 = 62201;
+const KEY_ID: [u8; 8] = *b"alice-01";
+
+/// A harness whose UDP port SPA_PORT takes requests from KEY_ID.
+fn harness() -> Harness {
+    let mut h = Harness::new();
+    let index = port_rule_index(17, SPA_PORT).expect("udp");
+    let rule = PortRule {
+        flags: RULE_SPA,
+        ..PortRule::default()
+    };
+    h.state.port_rules.set(index, &rule, 0).expect("SPA port rule");
+    h.state.set_spa_keys(&[SpaKeyId { id: KEY_ID }]).expect("SPA key");
+    h
+}
+
+/// A request-shaped payload: version 1, `key_id`, then `len - 9` bytes of filler.
+fn payload(key_id: [u8; 8], len: usize) -> Vec<u8> {
+    let mut p = vec![1];
+    p.extend_from_slice(&key_id);
+    p.extend((0..len.saturating_sub(9)).map(|i| i as u8));
+    p.truncate(len);
+    p
+}
+
+fn request(src: &str, payload: &[u8]) -> Frame {
+    Frame::udp(src, SPA_PORT).payload(payload)
+}
+
+#[test]
+fn a_request_from_a_known_key_reaches_userspace_whole_and_is_dropped() {
+    let mut h = harness();
+    for (src, len) in [(A, 9), (A6, 120), (B, SPA_MAX_PAYLOAD)] {
+        let p = payload(KEY_ID, len);
+        assert_eq!(h.send(&request(src, &p)), DROP, "the SPA port never passes");
+        let got = h.spa_requests();
+        assert_eq!(got.len(), 1, "one request handed over from {src}");
+        assert_eq!(got[0].addr, mapped(src));
+        assert_eq!(got[0].len as usize, len);
+        assert_eq!(
+            &got[0].payload[..len],
+            &p[..],
+            "the payload arrives byte for byte"
+        );
+        assert_eq!(got[0].ts_ns, h.now_ns());
+    }
+    assert_eq!(h.counter(Counter::DropSpa), 3);
+}
+
+#[test]
+fn what_no_client_could_have_sent_is_refused_in_the_kernel() {
+    let mut h = harness();
+    let mut wrong_version = payload(KEY_ID, 60);
+    wrong_version[0] = 2;
+    let refused = [
+        payload(*b"mallory!", 60),
+        wrong_version,
+        payload(KEY_ID, 8),
+        vec![],
+        payload(KEY_ID, SPA_MAX_PAYLOAD + 1),
+    ];
+    for p in &refused {
+        assert_eq!(h.send(&request(A, p)), DROP, "{} bytes", p.len());
+    }
+    assert!(h.spa_requests().is_empty(), "nothing reaches userspace");
+    assert_eq!(h.counter(Counter::SpaRefused), refused.len() as u64);
+    // A TCP packet to the same port number is not a request (and nothing protects it).
+    assert_eq!(h.send(&Frame::syn(A, SPA_PORT)), PASS);
+    // A truncated frame whose UDP length claims a payload it does not carry.
+    let mut short = request(A, &payload(KEY_ID, 60)).build();
+    short.truncate(short.len() - 55);
+    assert_eq!(h.run(&short), DROP);
+    assert!(h.spa_requests().is_empty());
+}
+
+#[test]
+fn each_source_gets_a_budget_per_second_and_the_rest_is_shed() {
+    let mut h = harness();
+    let p = payload(KEY_ID, 80);
+    for _ in 0..SPA_BUDGET + 3 {
+        assert_eq!(h.send(&request(A, &p)), DROP);
+    }
+    assert_eq!(h.spa_requests().len(), SPA_BUDGET as usize);
+    assert_eq!(h.counter(Counter::SpaShed), 3);
+    // Another source has its own budget.
+    h.send(&request(B, &p));
+    assert_eq!(h.spa_requests().len(), 1);
+    // A second later the budget is back.
+    h.advance(Duration::from_secs(1));
+    h.send(&request(A, &p));
+    assert_eq!(h.spa_requests().len(), 1);
+}
+
+#[test]
+fn a_full_ring_buffer_loses_requests_countably_and_recovers() {
+    let mut h = harness();
+    let p = payload(KEY_ID, SPA_MAX_PAYLOAD);
+    // 64 KiB holds about 119 requests of 552 bytes with their headers.
+    let sent = 200;
+    for i in 0..sent {
+        h.send(&request(&format!("198.18.7.{}", i + 1), &p));
+    }
+    let handed = h.spa_requests().len() as u64;
+    assert!(handed < sent, "the ring buffer filled ({handed} handed over)");
+    assert_eq!(h.counter(Counter::SpaLost), sent - handed);
+    h.send(&request(A, &p));
+    assert_eq!(h.spa_requests().len(), 1, "drained, it takes requests again");
+}
+
+#[test]
+fn listed_sources_are_dropped_too_and_denied_ones_never_reach_userspace() {
+    let mut h = Harness::with_config(&format!(
+        "allow = [\"{A}/32\"]\ndeny = [\"{B}/32\"]\n{}",
+        xknock_tests::harness::CONFIG
+    ));
+    let index = port_rule_index(17, SPA_PORT).expect("udp");
+    let rule = PortRule {
+        flags: RULE_SPA,
+        ..PortRule::default()
+    };
+    h.state.port_rules.set(index, &rule, 0).expect("SPA port rule");
+    h.state.set_spa_keys(&[SpaKeyId { id: KEY_ID }]).expect("SPA key");
+    let p = payload(KEY_ID, 80);
+    assert_eq!(
+        h.send(&request(A, &p)),
+        DROP,
+        "allowed, yet the SPA port answers nothing"
+    );
+    assert_eq!(h.spa_requests().len(), 1);
+    assert_eq!(h.send(&request(B, &p)), DROP);
+    assert!(
+        h.spa_requests().is_empty(),
+        "a denied source's request is not handed over"
+    );
+    assert_eq!(h.counter(Counter::DropDenied), 1);
+}
