@@ -13,6 +13,9 @@ pub const MAX_KNOCKS: usize = 16;
 pub const MAX_PROTECTED: usize = 16;
 /// Bytes of a sequence name kept in the kernel (for `status` and `allow`).
 pub const NAME_LEN: usize = 32;
+/// Bytes of a UDP payload to the SPA port that the kernel hands to userspace: longer
+/// Single Packet Authorization requests are invalid.
+pub const SPA_MAX_PAYLOAD: usize = 512;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
