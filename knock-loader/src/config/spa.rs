@@ -278,6 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn the_keygen_stanza_is_a_valid_client() {
+        let key = spa::ClientKey {
+            server: None,
+            port: spa::DEFAULT_PORT,
+            key_id: KeyId::random().expect("rng"),
+            key: Key::random().expect("rng"),
+        };
+        let stanza = key.server_stanza("carol", &["db".into(), "ssh".into()]);
+        let c = parse(&config("", &stanza)).expect("valid");
+        let carol = &c.spa.expect("given").clients[0];
+        assert_eq!((carol.key_id, &carol.key), (key.key_id, &key.key));
+        assert_eq!(carol.sequences, ["db", "ssh"]);
+        let err = refused(&config("", &key.server_stanza("carol", &[])));
+        assert!(
+            err.contains("spa.client.sequences: name at least one sequence"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn no_spa_section_is_none() {
         let text = config("", "").replace("[spa]\n", "");
         assert_eq!(parse(&text).expect("valid").spa, None);

@@ -164,6 +164,27 @@ impl ClientKey {
         )
     }
 
+    /// The server's `[[spa.client]]` stanza for this key (it holds the key).
+    pub fn server_stanza(&self, name: &str, sequences: &[String]) -> String {
+        let sequences = if sequences.is_empty() {
+            format!("[]  # name the sequences {name} may open")
+        } else {
+            let quoted: Vec<_> = sequences.iter().map(|s| format!("{s:?}")).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        format!(
+            "[[spa.client]]\n\
+             name = {name:?}\n\
+             key_id = \"{}\"\n\
+             key = \"{}\"\n\
+             sequences = {sequences}\n\
+             # max_open = \"1h\"     # the longest open_for {name} may ask for\n\
+             # behind_nat = false  # true: open for the address the request names\n",
+            self.key_id,
+            self.key.to_hex()
+        )
+    }
+
     /// Writes the key file to a new file of mode 0600; an existing file is left alone.
     pub fn write_new(&self, path: &Path, name: &str) -> Result<()> {
         let mut file = OpenOptions::new()

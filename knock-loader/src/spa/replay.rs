@@ -72,7 +72,8 @@ impl ReplayCache {
             Ok(text) => text,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(cache),
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read the SPA replay cache {}", path.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot read the SPA replay cache {}", path.display()));
             }
         };
         let file: File1 = serde_json::from_str(&text).with_context(|| {
