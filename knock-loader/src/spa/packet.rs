@@ -307,6 +307,31 @@ mod tests {
         );
     }
 
+    /// The README's test vector, for people writing other clients (checked against an
+    /// independent XChaCha20-Poly1305: HChaCha20 by hand, then IETF ChaCha20-Poly1305).
+    #[test]
+    fn the_readme_test_vector() {
+        let key = Key::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+            .expect("valid key");
+        let id: KeyId = "0123456789abcdef".parse().expect("valid id");
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
+        let request = Request {
+            timestamp_ms: 1_790_000_000_000,
+            open_for_s: 0,
+            addr: None,
+            access: vec![Access::Sequence("ssh".into())],
+        };
+        let packet = seal(id, &key, nonce, &request).expect("seals");
+        assert_eq!(
+            hex::encode(&packet),
+            "01\
+             0123456789abcdef\
+             404142434445464748494a4b4c4d4e4f5051525354555657\
+             d45555b470e179168ff487beaf9d6591e1c9c590\
+             50ebcb26029ce72239d7e9b5955a3b"
+        );
+    }
+
     #[test]
     fn seal_refuses_what_would_not_fit() {
         let mut big = request();

@@ -1,5 +1,5 @@
-//! The replay cache: the (key id, nonce) of every authenticated request still inside the
-//! window, kept in a file so that a restart of `xknock run` forgets none of them.
+//! The replay cache: the (key id, nonce) of every request accepted within the window,
+//! kept in a file so that a restart of `xknock run` forgets none of them.
 //!
 //! An entry lives as long as its request's own timestamp is within the window: after
 //! that a replay would be stale anyway. The file is JSON, rewritten whole (temp file,
@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{keys::KeyId, packet::NONCE_LEN};
 
-/// Entries the cache holds at most: authenticated requests within one window. Only key
+/// Entries the cache holds at most: accepted requests within one window. Only key
 /// holders can add entries, so reaching it means a client misbehaves; requests are then
-/// refused rather than forgotten.
+/// refused rather than made replayable.
 pub const MAX_ENTRIES: usize = 65536;
 
 const FILE_VERSION: u32 = 1;
@@ -99,7 +99,7 @@ impl ReplayCache {
         Ok(cache)
     }
 
-    /// Records an authenticated request's nonce, unless it was seen, and saves the file.
+    /// Records an accepted request's nonce, unless it was seen, and saves the file.
     pub fn record(
         &mut self,
         key_id: KeyId,

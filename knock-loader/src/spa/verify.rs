@@ -1,5 +1,5 @@
 //! From (source address, payload, now) to a grant or a rejection, checking in the
-//! README's order: format, key id, tag, time, replay, address, access. Nothing about
+//! README's order: format, key id, tag, time, address, access, replay. Nothing about
 //! unauthenticated data is told apart beyond "malformed", "unknown key" and "bad tag".
 
 use std::{
@@ -98,8 +98,9 @@ impl Verifier {
     }
 
     /// Verifies one request's UDP `payload`, sent from `source`, received at `now`.
-    /// An authenticated, timely request's nonce is recorded (and the cache file
-    /// rewritten) before the address and access checks, so it is never accepted twice.
+    /// The nonce is recorded (and the cache file rewritten) last, just before the
+    /// grant: a copy of a request that is refused anyway (one raced from another
+    /// address by someone who saw it) does not use up the nonce of the real one.
     pub fn verify(&mut self, source: IpAddr, payload: &[u8], now: SystemTime) -> Result<Grant, Rejection> {
         let (header, header_bytes, sealed) = packet::split(payload).ok_or(Rejection::Malformed)?;
         let client = self.clients.get(&header.key_id).ok_or(Rejection::UnknownKey)?;
@@ -119,6 +120,9 @@ impl Verifier {
             return Err(Rejection::Future { skew, window });
         }
 
+        let addr = client.address(source, request.addr)?;
+        let (sequences, open_for) = self.access(client, &request)?;
+
         match self.replay.record(header.key_id, header.nonce, ts, now_ms) {
             Ok(()) => {}
             Err(RecordError::Replayed) => return Err(Rejection::Replayed),
@@ -129,9 +133,6 @@ impl Verifier {
                 });
             }
         }
-
-        let addr = client.address(source, request.addr)?;
-        let (sequences, open_for) = self.access(client, &request)?;
         Ok(Grant {
             client: client.name.clone(),
             addr,
@@ -444,6 +445,22 @@ mod tests {
             },
         );
         assert!(not_allowed(rig.verify(SOURCE, &p, T0)).contains("0.0.0.0"));
+    }
+
+    #[test]
+    fn a_copy_refused_for_its_address_does_not_use_up_the_nonce() {
+        let mut rig = Rig::new();
+        let p = rig.alice(&Request {
+            addr: Some(SOURCE),
+            ..request(vec![])
+        });
+        assert_eq!(
+            rig.verify(OTHER, &p, T0),
+            Err(Rejection::AddressMismatch { requested: SOURCE })
+        );
+        assert_eq!(rig.verifier.replay_entries(), 0);
+        assert_eq!(rig.verify(SOURCE, &p, T0), grant("alice", SOURCE, vec![0, 1], 30));
+        assert_eq!(rig.verify(SOURCE, &p, T0), Err(Rejection::Replayed));
     }
 
     #[test]
