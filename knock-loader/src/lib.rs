@@ -1,5 +1,6 @@
 //! xknock's userspace: loading and attaching the XDP program, the configuration, the
-//! maps it shares with the kernel, its events, and the knock client.
+//! maps it shares with the kernel, its events, the knock client, and Single Packet
+//! Authorization (`spa`).
 
 pub mod attach;
 pub mod client;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod hint;
 pub mod maps;
 pub mod run;
+pub mod spa;
 pub mod status;
 
 /// The XDP program, built by build.rs from the knock-ebpf crate.

@@ -1,14 +1,19 @@
 //! The `xknock` command line.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use xknock::{
     client::{self, Family},
-    config::{Config, DEFAULT_CONFIG, DEFAULT_PIN_DIR, Knock, XdpMode},
+    config::{Config, DEFAULT_CONFIG, DEFAULT_PIN_DIR, Knock, XdpMode, is_plain_name},
     maps::State,
     run,
+    spa::{self, Access, ClientKey, Key, KeyId},
     status::Status,
 };
 
@@ -119,10 +124,84 @@ enum Command {
         #[arg(short = '6')]
         ipv6: bool,
     },
+    /// Send a Single Packet Authorization request (no privileges needed).
+    ///
+    /// One UDP datagram, encrypted and authenticated with the key file's key, asks the
+    /// server to open sequences for this host's address. Nothing comes back, whatever
+    /// the server decides: connect afterwards. The server refuses a request more than
+    /// its window (30s by default) off its clock, so keep this host's clock right.
+    ///
+    /// Example: xknock spa server.example --key ~/.config/xknock/alice.key --open ssh
+    Spa {
+        /// The server's name or address [default: `server` in the key file].
+        host: Option<String>,
+        /// The client key file that `xknock keygen` wrote.
+        #[arg(long)]
+        key: PathBuf,
+        /// What to open (repeatable): a sequence name, or PORT[/tcp|/udp] for every
+        /// sequence the key may open that protects that port [default: everything the
+        /// key may open].
+        #[arg(long = "open", value_name = "SEQUENCE|PORT/PROTO", value_parser = parse_access)]
+        open: Vec<Access>,
+        /// How long to open for, up to the key's max_open on the server [default: the
+        /// shortest open_for of the sequences opened].
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Open for this address instead of the one the request comes from; the server
+        /// accepts another address only for a client with behind_nat = true.
+        #[arg(long)]
+        addr: Option<IpAddr>,
+        /// The server's SPA port (UDP) [default: `port` in the key file, else 62201].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Use IPv4 only.
+        #[arg(short = '4', conflicts_with = "ipv6")]
+        ipv4: bool,
+        /// Use IPv6 only.
+        #[arg(short = '6')]
+        ipv6: bool,
+    },
+    /// Make a key for a new SPA client.
+    ///
+    /// Prints the server's [[spa.client]] stanza on stdout (add it to the server's
+    /// config), and writes the client's key file to --out (a new file, mode 0600), or
+    /// prints that too when --out is not given. Both hold the secret key.
+    ///
+    /// Example: xknock keygen --name alice --sequence ssh --server server.example --out alice.key
+    Keygen {
+        /// The client's name on the server (in its events and logs).
+        #[arg(long)]
+        name: String,
+        /// A sequence the client may open (repeatable).
+        #[arg(long = "sequence", value_name = "NAME")]
+        sequences: Vec<String>,
+        /// The server's name or address, written into the key file.
+        #[arg(long)]
+        server: Option<String>,
+        /// The server's SPA port, written into the key file.
+        #[arg(long, default_value_t = spa::DEFAULT_PORT)]
+        port: u16,
+        /// Write the client's key file here (never overwriting a file) instead of
+        /// printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn parse_knock(s: &str) -> Result<Knock, String> {
     s.parse()
+}
+
+fn parse_access(s: &str) -> Result<Access, String> {
+    spa::client::parse_access(s)
+}
+
+fn family(ipv4: bool, ipv6: bool) -> Family {
+    match (ipv4, ipv6) {
+        (true, _) => Family::V4,
+        (_, true) => Family::V6,
+        _ => Family::Any,
+    }
 }
 
 fn main() {
@@ -228,6 +307,25 @@ fn real_main() -> Result<()> {
                     xknock::clock::human(s.open_for)
                 );
             }
+            if let Some(spa) = &cfg.spa {
+                println!(
+                    "  spa: requests to {}/udp, window {}, replay cache {}",
+                    spa.port,
+                    xknock::clock::human(spa.window),
+                    spa.replay_file.display()
+                );
+                // Never the key: check's output ends up in terminals and tickets.
+                for c in &spa.clients {
+                    println!(
+                        "    client {} (key id {}): may open {} for up to {}{}",
+                        c.name,
+                        c.key_id,
+                        c.sequences.join(" "),
+                        xknock::clock::human(c.max_open),
+                        if c.behind_nat { ", behind NAT" } else { "" }
+                    );
+                }
+            }
             Ok(())
         }
         Command::Knock {
@@ -238,13 +336,87 @@ fn real_main() -> Result<()> {
             ipv4,
             ipv6,
         } => {
-            let family = match (ipv4, ipv6) {
-                (true, _) => Family::V4,
-                (_, true) => Family::V6,
-                _ => Family::Any,
-            };
-            let addr = client::resolve(&host, family)?;
+            let addr = client::resolve(&host, family(ipv4, ipv6))?;
             client::knock(addr, &knocks, delay, copies).with_context(|| format!("knocking on {host}"))
+        }
+        Command::Spa {
+            host,
+            key,
+            open,
+            duration,
+            addr,
+            port,
+            ipv4,
+            ipv6,
+        } => {
+            let client_key = ClientKey::load(&key)?;
+            let Some(host) = host.or_else(|| client_key.server.clone()) else {
+                anyhow::bail!("give HOST: the key file {} names no server", key.display());
+            };
+            let target = SocketAddr::new(
+                client::resolve(&host, family(ipv4, ipv6))?,
+                port.unwrap_or(client_key.port),
+            );
+            let what = if open.is_empty() {
+                "everything the key may open".to_string()
+            } else {
+                let names: Vec<_> = open
+                    .iter()
+                    .map(|a| match a {
+                        Access::Sequence(name) => name.clone(),
+                        Access::Port(k) => k.to_string(),
+                    })
+                    .collect();
+                names.join(" ")
+            };
+            let request = spa::client::request(open, duration, addr, SystemTime::now())?;
+            let datagram = spa::client::seal(&client_key, &request)?;
+            spa::client::send(target, &datagram).with_context(|| format!("sending to {host}"))?;
+            println!(
+                "sent a request to open {what} to {host} ({}, {}/udp); nothing comes back: connect now",
+                target.ip(),
+                target.port()
+            );
+            Ok(())
+        }
+        Command::Keygen {
+            name,
+            sequences,
+            server,
+            port,
+            out,
+        } => {
+            if name.len() > 64 || !is_plain_name(&name) {
+                anyhow::bail!("--name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+            }
+            if let Some(s) = sequences.iter().find(|s| !is_plain_name(s)) {
+                anyhow::bail!("--sequence {s:?} is not a sequence name");
+            }
+            let key = ClientKey {
+                server,
+                port,
+                key_id: KeyId::random()?,
+                key: Key::random()?,
+            };
+            println!("# Add to the server's config, then: xknock check --config FILE");
+            print!("{}", key.server_stanza(&name, &sequences));
+            match out {
+                Some(path) => {
+                    key.write_new(&path, &name)?;
+                    // On stderr, so that stdout is the stanza alone.
+                    eprintln!(
+                        "wrote {name}'s key file {} (mode 0600): hand it over as privately as the key it is",
+                        path.display()
+                    );
+                }
+                None => {
+                    println!(
+                        "\n# Below: {name}'s key file. Save it with mode 0600, say as ~/.config/xknock/{name}.key"
+                    );
+                    print!("{}", key.to_toml(&name));
+                }
+            }
+            Ok(())
         }
     }
 }

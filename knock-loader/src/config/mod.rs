@@ -4,6 +4,7 @@
 
 mod kernel;
 mod parse;
+mod spa;
 
 use std::{
     fmt,
@@ -16,6 +17,8 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
 use serde::Deserialize;
+
+use crate::spa::{Key, KeyId};
 
 pub use kernel::rule_index;
 pub use parse::parse_tcp_flags;
@@ -105,6 +108,38 @@ pub struct Config {
     /// Sources that never do; their knocks are ignored.
     pub deny: Vec<IpNet>,
     pub limits: Limits,
+    /// Single Packet Authorization (`[spa]`), if configured.
+    pub spa: Option<SpaConfig>,
+}
+
+/// Single Packet Authorization (`[spa]`): the UDP port requests go to, how they are
+/// checked, and the clients that may send them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaConfig {
+    /// The UDP port requests go to.
+    pub port: u16,
+    /// Accepted clock skew either way; also how long nonces are remembered.
+    pub window: Duration,
+    /// Where the replay cache is kept across restarts of `run`.
+    pub replay_file: PathBuf,
+    /// At least one; names, key ids and keys all distinct.
+    pub clients: Vec<SpaClient>,
+}
+
+/// One `[[spa.client]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaClient {
+    pub name: String,
+    pub key_id: KeyId,
+    /// The secret key (from `key` or `key_file`; its Debug shows nothing).
+    pub key: Key,
+    /// The sequences the client may open, by name; each is a configured sequence.
+    pub sequences: Vec<String>,
+    /// The longest `open_for` the client may ask for.
+    pub max_open: Duration,
+    /// Authorize the address the request names, not the packet's source (a client
+    /// behind NAT cannot know the address the server sees).
+    pub behind_nat: bool,
 }
 
 /// Sizes of the kernel's tracking maps (`[limits]`).
@@ -155,6 +190,12 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         parse::parse(path, text)
     }
+}
+
+/// Letters, digits, '-', '_' and '.', at least one: what sequence and client names are
+/// made of (they go into events, logs and the client's requests).
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 pub fn nanos(d: Duration) -> u64 {

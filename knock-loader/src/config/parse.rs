@@ -13,7 +13,10 @@ use knock_common::{MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, TCP_ACK};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, XdpMode};
+use super::{
+    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, XdpMode, is_plain_name,
+    spa::{RawSpa, parse_spa},
+};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -39,6 +42,7 @@ struct RawConfig {
     allow: Vec<Spanned<String>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
+    spa: Option<Spanned<RawSpa>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -89,10 +93,9 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
 const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_BAN_FOR: Duration = Duration::from_secs(600);
-
 /// Where errors point: the file and its text, to turn byte offsets into lines.
-struct Source<'a> {
-    path: &'a Path,
+pub(super) struct Source<'a> {
+    pub(super) path: &'a Path,
     text: &'a str,
 }
 
@@ -101,7 +104,7 @@ impl Source<'_> {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
 
-    fn at<T>(&self, spanned: &Spanned<T>, key: &str, message: impl fmt::Display) -> anyhow::Error {
+    pub(super) fn at<T>(&self, spanned: &Spanned<T>, key: &str, message: impl fmt::Display) -> anyhow::Error {
         anyhow::anyhow!(
             "{}:{}: {key}: {message}",
             self.path.display(),
@@ -109,7 +112,12 @@ impl Source<'_> {
         )
     }
 
-    fn duration(&self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration> {
+    pub(super) fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration> {
         let Some(value) = value else { return Ok(default) };
         let d = humantime::parse_duration(value.get_ref()).map_err(|e| {
             self.at(
@@ -176,6 +184,11 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         window: src.duration(&raw.ban.window, "ban.window", DEFAULT_BAN_WINDOW)?,
         ban_for: src.duration(&raw.ban.ban_for, "ban.ban_for", DEFAULT_BAN_FOR)?,
     };
+    let spa = raw
+        .spa
+        .as_ref()
+        .map(|s| parse_spa(&src, s, &sequences))
+        .transpose()?;
     let interfaces = match raw.interface {
         None => vec![],
         Some(OneOrMany::One(i)) => vec![i],
@@ -190,6 +203,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         allow,
         deny,
         limits,
+        spa,
     })
 }
 
@@ -213,12 +227,7 @@ fn parse_ports(
 
 fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
     let name = raw.name.get_ref().clone();
-    if name.is_empty()
-        || name.len() >= NAME_LEN
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if name.len() >= NAME_LEN || !is_plain_name(&name) {
         return Err(src.at(
             &raw.name,
             "name",

@@ -1,0 +1,122 @@
+//! Single Packet Authorization: one UDP datagram, sealed with XChaCha20-Poly1305 under
+//! a key of each client's own, asks the server to open sequences' protected ports for
+//! an address. The XDP program drops every packet to the SPA port and passes its
+//! payload to `xknock run`, whose [`Verifier`] turns it into a [`Grant`] or a
+//! [`Rejection`].
+//!
+//! `packet` is the wire format, `keys` the keys and the client's key file, `replay` the
+//! nonces already seen, `verify` the checks in order, `client` the sending side.
+
+pub mod client;
+pub mod keys;
+pub mod packet;
+mod replay;
+mod verify;
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+pub use keys::{ClientKey, Key, KeyId, read_key_file};
+pub use knock_common::SPA_MAX_PAYLOAD;
+pub use packet::{Access, Request};
+pub use replay::MAX_ENTRIES as REPLAY_CACHE_ENTRIES;
+pub use verify::Verifier;
+
+use crate::clock::human;
+
+/// fwknop's port, so firewalls already configured for SPA let requests through.
+pub const DEFAULT_PORT: u16 = 62201;
+pub const DEFAULT_REPLAY_FILE: &str = "/var/lib/xknock/spa-replay";
+
+/// An accepted request: open `sequences` for `addr` for `open_for`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The client's name in the config.
+    pub client: String,
+    /// The address to authorize (IPv4 as IPv4, never IPv4-mapped).
+    pub addr: IpAddr,
+    /// Indices into `config.sequences`, ascending, without repeats.
+    pub sequences: Vec<u8>,
+    pub open_for: Duration,
+}
+
+/// Why a request was refused. Nothing is ever sent back; these are for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Too short or too long, another version, or (once authenticated) a plaintext
+    /// that is not the documented layout.
+    Malformed,
+    /// No client has the key id.
+    UnknownKey,
+    /// The tag did not check out: another key, or altered on the way.
+    BadTag,
+    /// The request's timestamp is more than `window` in the past.
+    Stale { skew: Duration, window: Duration },
+    /// The request's timestamp is more than `window` in the future.
+    Future { skew: Duration, window: Duration },
+    /// The same (key id, nonce) was accepted within the window.
+    Replayed,
+    /// The request names another address than its source, and the client is not
+    /// `behind_nat`.
+    AddressMismatch { requested: IpAddr },
+    /// Something the client may not open, or for longer than its `max_open`.
+    NotAllowed { what: String },
+    /// The replay cache holds [`REPLAY_CACHE_ENTRIES`] requests of the window: new
+    /// ones are refused rather than made replayable.
+    ReplayCacheFull,
+    /// The replay cache file could not be written: refused, since after a restart
+    /// the request could be replayed.
+    ReplayCacheUnsaved { error: String },
+}
+
+impl Rejection {
+    /// The `reason` field of JSON events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::BadTag => "bad_tag",
+            Rejection::Stale { .. } => "stale",
+            Rejection::Future { .. } => "future",
+            Rejection::Replayed => "replayed",
+            Rejection::AddressMismatch { .. } => "address_mismatch",
+            Rejection::NotAllowed { .. } => "not_allowed",
+            Rejection::ReplayCacheFull => "replay_cache_full",
+            Rejection::ReplayCacheUnsaved { .. } => "replay_cache_unsaved",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Malformed => f.write_str("not a well-formed SPA request"),
+            Rejection::UnknownKey => f.write_str("no client has this key id"),
+            Rejection::BadTag => f.write_str("authentication failed (another key, or altered on the way)"),
+            Rejection::Stale { skew, window } => write!(
+                f,
+                "the client's clock is {} behind, or the request is that old (window {})",
+                human(*skew),
+                human(*window)
+            ),
+            Rejection::Future { skew, window } => write!(
+                f,
+                "the client's clock is {} ahead (window {})",
+                human(*skew),
+                human(*window)
+            ),
+            Rejection::Replayed => f.write_str("a replay of a request already accepted"),
+            Rejection::AddressMismatch { requested } => write!(
+                f,
+                "asks to open for {requested}, not for the address it came from (the client is not behind_nat)"
+            ),
+            Rejection::NotAllowed { what } => write!(f, "not allowed: {what}"),
+            Rejection::ReplayCacheFull => write!(
+                f,
+                "the replay cache is full ({REPLAY_CACHE_ENTRIES} requests within the window)"
+            ),
+            Rejection::ReplayCacheUnsaved { error } => {
+                write!(f, "refused because the replay cache could not be saved: {error}")
+            }
+        }
+    }
+}
