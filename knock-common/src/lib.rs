@@ -174,7 +174,11 @@ pub struct Settings {
     pub auth_hint_shift: u32,
     /// Nonzero when the allow/deny map has entries (else it is not looked up).
     pub access_rules: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// The SPA port (0: none). The kernel reads `PortRule::flags`; this is the
+    /// loader's record of which entry to clear when the port changes.
+    pub spa_port: u16,
+    pub _pad2: u32,
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at

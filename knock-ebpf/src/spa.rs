@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use knock_common::{
     ACCESS_DENY, Counter, SPA_BUDGET, SPA_BUDGET_WINDOW_NS, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD, SPA_VERSION,
-    Settings, SourceAddr, SpaBudget, SpaKeyId,
+    SourceAddr, SpaBudget, SpaKeyId,
 };
 
 use crate::{

@@ -1,6 +1,7 @@
 //! Events as `run` prints them: one per line, human-readable or JSON. Knock, reset,
 //! open and open-failed come from the kernel's ring buffer; close (and open for an
-//! `xknock allow` from another shell) come from watching the authorization map.
+//! `xknock allow` from another shell) come from watching the authorization map; open
+//! for an SPA request and spa_rejected from `run`'s verifier.
 
 use std::{
     collections::HashMap,
@@ -38,6 +39,12 @@ pub struct EventLine {
     /// How long an `open` lasts.
     #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
     pub open_for: Option<String>,
+    /// The SPA client whose request opened (its name in the config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// What exactly was wrong with a rejected SPA request (how far off the clock was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl EventLine {
@@ -60,6 +67,12 @@ impl EventLine {
         }
         if let Some(d) = &self.open_for {
             line += &format!(" for {d}");
+        }
+        if let Some(client) = &self.client {
+            line += &format!(" client={client}");
+        }
+        if let Some(detail) = &self.detail {
+            line += &format!(": {detail}");
         }
         line
     }
@@ -123,7 +136,43 @@ impl Events {
             port: None,
             reason: None,
             open_for: None,
+            client: None,
+            detail: None,
         }
+    }
+
+    /// `open` for an authorization `run` added on an SPA request (announced here, so
+    /// the sweep does not take it for one from `xknock allow`).
+    pub fn spa_open(
+        &mut self,
+        key: SourceKey,
+        expires_ns: u64,
+        open_for: Duration,
+        client: &str,
+    ) -> EventLine {
+        self.open.insert(key, expires_ns);
+        let mut l = self.line(SystemTime::now(), "open", key.addr, key.seq);
+        l.reason = Some("spa");
+        l.open_for = Some(clock::human(open_for));
+        l.client = Some(client.into());
+        l
+    }
+
+    /// `open_failed` for an authorization `run` could not add.
+    pub fn open_failed(&self, key: SourceKey, detail: String) -> EventLine {
+        let mut l = self.line(SystemTime::now(), "open_failed", key.addr, key.seq);
+        l.reason = Some("authorization map full");
+        l.detail = Some(detail);
+        l
+    }
+
+    /// `spa_rejected`: a request from `source` refused, and why.
+    pub fn spa_rejected(&self, source: [u8; 16], reason: &'static str, detail: String) -> EventLine {
+        let mut l = self.line(SystemTime::now(), "spa_rejected", source, 0);
+        l.sequence = None;
+        l.reason = Some(reason);
+        l.detail = Some(detail);
+        l
     }
 
     /// A record from the kernel's ring buffer.

@@ -153,6 +153,15 @@ impl State {
             })
             .collect();
         let was_strict = old.iter().any(|(_, c)| c.flags & SEQ_STRICT != 0);
+        let old_spa = self.settings()?.spa_port;
+        let old_ports: Vec<u32> = old_ports
+            .into_iter()
+            .chain(
+                (old_spa != 0)
+                    .then(|| knock_common::port_rule_index(knock_common::PROTO_UDP, old_spa))
+                    .flatten(),
+            )
+            .collect();
         let table = config.sequence_table();
         for i in 0..MAX_SEQUENCES {
             let entry = table.get(i).copied().unwrap_or_else(bytemuck::Zeroable::zeroed);
@@ -186,6 +195,7 @@ impl State {
                 .context("cannot write the port-rule map")?;
         }
         self.apply_access(config)?;
+        self.set_spa_keys(&config.spa_key_ids())?;
         let mut settings = config.settings(self.settings()?);
         settings.auth_hint_shift = self.auth_hint.shift();
         self.settings

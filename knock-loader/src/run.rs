@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
-use knock_common::{Event, map_names};
+use knock_common::{Event, SpaRequest, map_names};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     events::{EventLine, Events},
     maps::State,
+    spa::{self, Verifier},
 };
 
 /// How often authorizations are checked for expiry (the lateness of `close` events).
@@ -46,7 +47,21 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// Registers ring buffer `name` with the runtime, to await its records.
+fn watch(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<aya::maps::MapData>>> {
+    let ring: RingBuf<_> = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?
+        .try_into()?;
+    // SAFETY: the ring buffer owns its fd and keeps it open while registered.
+    unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("cannot watch the ring buffer {name}"))
+}
+
 async fn run_async(config: Config, json: bool) -> Result<()> {
+    // Before anything is loaded: an unreadable replay cache stops here.
+    let mut verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
     let adopted = attach::has_pins(&config.pin_dir);
     let mut ebpf = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
@@ -61,14 +76,8 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
             state.progress.keys().count()
         );
     }
-    let ring: RingBuf<_> = ebpf
-        .take_map(map_names::EVENTS)
-        .context("the eBPF object has no events map")?
-        .try_into()?;
-    // SAFETY: the ring buffer owns its fd and keeps it open while registered.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(std::io::Error::from)
-        .context("cannot watch the events ring buffer")?;
+    let mut ring = watch(&mut ebpf, map_names::EVENTS)?;
+    let mut spa_ring = watch(&mut ebpf, map_names::SPA_REQUESTS)?;
     forward_kernel_logs(&mut ebpf);
 
     let xdp = attach::program(&mut ebpf)?;
@@ -109,6 +118,22 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut events, &state)?;
+                guard.clear_ready();
+            }
+            guard = spa_ring.readable_mut(), if verifier.is_some() => {
+                let mut guard = guard?;
+                if let Some(verifier) = verifier.as_mut() {
+                    // Kernel events first, so that its knocks print before an open.
+                    drain(ring.get_mut(), &mut events, &state)?;
+                    let requests = guard.get_inner_mut();
+                    while let Some(item) = requests.next() {
+                        if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
+                            for line in spa::serve(&request, verifier, &mut state, &mut events) {
+                                print(line);
+                            }
+                        }
+                    }
+                }
                 guard.clear_ready();
             }
             _ = sweep.tick() => {

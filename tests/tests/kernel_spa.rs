@@ -2,9 +2,10 @@
 //! reaches the SPA request ring buffer, what is refused or shed, and that every
 //! datagram to the SPA port is dropped.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
-use knock_common::{Counter, PortRule, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, port_rule_index};
+use knock_common::{Counter, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, port_rule_index};
+use xknock::config::Config;
 use xknock_tests::{
     frame::Frame,
     harness::{A, A6, B, DROP, Harness, PASS},
@@ -14,17 +15,41 @@ use xknock_tests::{
 const SPA_PORT: u16 = 62201;
 const KEY_ID: [u8; 8] = *b"alice-01";
 
+/// `[spa]` on `port`, with one client whose key id is KEY_ID ("alice-01").
+fn spa_config(port: u16) -> String {
+    format!(
+        "{}\n[spa]\nport = {port}\n[[spa.client]]\nname = \"alice\"\nkey_id = \"616c6963652d3031\"\n\
+         key = \"{}\"\nsequences = [\"ssh\"]\n",
+        xknock_tests::harness::CONFIG,
+        "ab".repeat(32)
+    )
+}
+
 /// A harness whose UDP port SPA_PORT takes requests from KEY_ID.
 fn harness() -> Harness {
-    let mut h = Harness::new();
-    let index = port_rule_index(17, SPA_PORT).expect("udp");
-    let rule = PortRule {
-        flags: RULE_SPA,
-        ..PortRule::default()
-    };
-    h.state.port_rules.set(index, &rule, 0).expect("SPA port rule");
-    h.state.set_spa_keys(&[SpaKeyId { id: KEY_ID }]).expect("SPA key");
-    h
+    Harness::with_config(&spa_config(SPA_PORT))
+}
+
+fn spa_rule(h: &Harness, port: u16) -> bool {
+    let index = port_rule_index(17, port).expect("udp");
+    h.state.port_rules.get(&index, 0).expect("rule").flags & RULE_SPA != 0
+}
+
+#[test]
+fn the_config_marks_the_spa_port_and_a_new_port_clears_the_old() {
+    let mut h = harness();
+    assert!(spa_rule(&h, SPA_PORT));
+    let keys: Vec<SpaKeyId> = h.state.spa_keys.keys().map(|k| k.expect("key")).collect();
+    assert_eq!(keys, [SpaKeyId { id: KEY_ID }]);
+    let moved = Config::parse(Path::new("moved.toml"), &spa_config(4000)).expect("valid");
+    h.state.apply(&moved).expect("apply");
+    assert!(spa_rule(&h, 4000));
+    assert!(!spa_rule(&h, SPA_PORT), "the old port is a plain port again");
+    assert_eq!(h.send(&request(A, &payload(KEY_ID, 60))), PASS);
+    let without = Config::parse(Path::new("none.toml"), xknock_tests::harness::CONFIG).expect("valid");
+    h.state.apply(&without).expect("apply");
+    assert!(!spa_rule(&h, 4000));
+    assert_eq!(h.state.spa_keys.keys().count(), 0, "no key ids left");
 }
 
 /// A request-shaped payload: version 1, `key_id`, then `len - 9` bytes of filler.
@@ -124,15 +149,8 @@ fn a_full_ring_buffer_loses_requests_countably_and_recovers() {
 fn listed_sources_are_dropped_too_and_denied_ones_never_reach_userspace() {
     let mut h = Harness::with_config(&format!(
         "allow = [\"{A}/32\"]\ndeny = [\"{B}/32\"]\n{}",
-        xknock_tests::harness::CONFIG
+        spa_config(SPA_PORT)
     ));
-    let index = port_rule_index(17, SPA_PORT).expect("udp");
-    let rule = PortRule {
-        flags: RULE_SPA,
-        ..PortRule::default()
-    };
-    h.state.port_rules.set(index, &rule, 0).expect("SPA port rule");
-    h.state.set_spa_keys(&[SpaKeyId { id: KEY_ID }]).expect("SPA key");
     let p = payload(KEY_ID, 80);
     assert_eq!(
         h.send(&request(A, &p)),

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use knock_common::{
-    ACCESS_ALLOW, ACCESS_DENY, PortRule, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig,
-    Settings, port_rule_index,
+    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_SPA, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED,
+    SEQ_STRICT, SequenceConfig, Settings, SpaKeyId, port_rule_index,
 };
 
 use super::{Config, Knock, Sequence, nanos};
@@ -18,8 +18,8 @@ impl Config {
         self.sequences.iter().map(Sequence::kernel_config).collect()
     }
 
-    /// Entries of the kernel's port-rule array for the configured ports (every other
-    /// entry holds only the strict mask).
+    /// Entries of the kernel's port-rule array for the configured ports and the SPA
+    /// port (every other entry holds only the strict mask).
     pub fn port_rules(&self) -> HashMap<u32, PortRule> {
         let strict_mask = self.strict_mask();
         let mut rules: HashMap<u32, PortRule> = HashMap::new();
@@ -38,6 +38,16 @@ impl Config {
                     .protect_mask |= bit;
             }
         }
+        if let Some(spa) = &self.spa {
+            let port = Knock {
+                port: spa.port,
+                proto: PROTO_UDP,
+            };
+            rules
+                .entry(rule_index(port))
+                .or_insert_with(|| strict(strict_mask))
+                .flags |= RULE_SPA;
+        }
         rules
     }
 
@@ -48,6 +58,7 @@ impl Config {
             ban_window_ns: nanos(self.ban.window),
             ban_for_ns: nanos(self.ban.ban_for),
             access_rules: u8::from(!self.allow.is_empty() || !self.deny.is_empty()),
+            spa_port: self.spa.as_ref().map_or(0, |s| s.port),
             ..base
         }
     }
@@ -67,6 +78,12 @@ impl Config {
         allow
             .chain(self.deny.iter().map(|n| entry(n, ACCESS_DENY)))
             .collect()
+    }
+
+    /// The SPA clients' key ids, for the kernel's key-id map.
+    pub fn spa_key_ids(&self) -> Vec<SpaKeyId> {
+        let clients = self.spa.iter().flat_map(|s| &s.clients);
+        clients.map(|c| SpaKeyId { id: c.key_id.0 }).collect()
     }
 
     pub fn strict_mask(&self) -> u8 {

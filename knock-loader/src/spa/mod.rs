@@ -11,6 +11,7 @@ pub mod client;
 pub mod keys;
 pub mod packet;
 mod replay;
+mod serve;
 mod verify;
 
 use std::{fmt, net::IpAddr, time::Duration};
@@ -19,6 +20,7 @@ pub use keys::{ClientKey, Key, KeyId, read_key_file};
 pub use knock_common::SPA_MAX_PAYLOAD;
 pub use packet::{Access, Request};
 pub use replay::MAX_ENTRIES as REPLAY_CACHE_ENTRIES;
+pub use serve::serve;
 pub use verify::Verifier;
 
 use crate::clock::human;

@@ -1,0 +1,214 @@
+//! Single Packet Authorization end to end: `xknock run` with an `[spa]` client made by
+//! `xknock keygen`, requests sent by `xknock spa` and crafted ones from a client
+//! namespace, sshd behind it, over IPv4 and IPv6.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use xknock::spa::{
+    ClientKey, Key,
+    client::{request, seal},
+};
+use xknock_tests::{
+    netns::in_netns,
+    setup::{SERIAL, Setup},
+    xknock_bin,
+};
+
+const PORT: u16 = 62201;
+
+/// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns the config
+/// to append and the key file.
+fn keygen(dir: &Path) -> (String, std::path::PathBuf) {
+    let key = dir.join("alice.key");
+    let out = std::process::Command::new(xknock_bin())
+        .args(["keygen", "--name", "alice", "--sequence", "ssh", "--out"])
+        .arg(&key)
+        .output()
+        .expect("run xknock keygen");
+    assert!(out.status.success(), "keygen: {out:?}");
+    let stanza = String::from_utf8(out.stdout).expect("utf-8");
+    let config = format!(
+        "\n[spa]\nport = {PORT}\nreplay_file = \"{}\"\n{stanza}",
+        dir.join("replay").display()
+    );
+    (config, key)
+}
+
+/// Sends `datagram` to the server's SPA port from client namespace `ns`.
+fn send(ns: &str, server: IpAddr, datagram: Vec<u8>) {
+    in_netns(ns, move || {
+        let any: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0".parse().expect("addr")
+        } else {
+            "[::]:0".parse().expect("addr")
+        };
+        let sock = UdpSocket::bind(any).expect("a UDP socket");
+        sock.send_to(&datagram, (server, PORT)).expect("send");
+    });
+}
+
+/// Waits for a `spa_rejected` event with `reason`; returns it.
+fn rejected(s: &Setup, reason: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = s
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "spa_rejected" && e["reason"] == reason);
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spa_rejected with reason {reason}; events: {:?}",
+            s.events()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
+    seal(key, &request(vec![], None, addr, at).expect("request")).expect("seal")
+}
+
+#[test]
+fn a_request_opens_for_its_sender_and_forgeries_are_rejected_with_their_reason() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, key_file) = keygen(dir.path());
+    let mut s = Setup::with_config(&config);
+    let (server, server6) = (s.hosts.server_v4[0], s.hosts.server_v6[0]);
+    let (client, client6) = (s.hosts.clients[0].v4, s.hosts.clients[0].v6);
+    let key_path = key_file.to_str().expect("utf-8");
+    assert!(!s.reachable(0, server), "closed before the request");
+
+    // The real client, IPv4 then IPv6: each opens for the address it came from.
+    s.xknock(s.client(0), &["spa", &server.to_string(), "--key", key_path]);
+    let open = s.wait_event("open", client);
+    assert_eq!(open["reason"], "spa", "{open}");
+    assert_eq!(open["client"], "alice");
+    assert_eq!(open["sequence"], "ssh");
+    assert!(s.reachable(0, server), "sshd open after the request");
+    assert!(!s.reachable(1, s.hosts.server_v4[1]), "not for the other host");
+    s.xknock(
+        s.client(0),
+        &["spa", &server6.to_string(), "--key", key_path, "-6"],
+    );
+    s.wait_event("open", client6);
+    assert!(
+        xknock_tests::netns::ssh_banner(s.client(0), server6, 22).is_some(),
+        "open over IPv6"
+    );
+
+    // Crafted requests from client 0, each refused with its reason.
+    let key = ClientKey::load(&key_file).expect("key file");
+    let ns = s.client(0).to_owned();
+    let now = SystemTime::now();
+    let mut tampered = sealed(&key, None, now);
+    let last = tampered.len() - 20;
+    tampered[last] ^= 1;
+    send(&ns, server, tampered);
+    rejected(&s, "bad_tag");
+    let other_key = ClientKey {
+        key: Key::from_bytes([7; 32]),
+        ..key.clone()
+    };
+    send(&ns, server, sealed(&other_key, None, now));
+    let stale = sealed(&key, None, now - Duration::from_secs(120));
+    send(&ns, server, stale);
+    let e = rejected(&s, "stale");
+    assert!(
+        e["detail"].as_str().is_some_and(|d| d.contains("behind")),
+        "the event says how far off the clock was: {e}"
+    );
+    send(&ns, server, sealed(&key, None, now + Duration::from_secs(120)));
+    rejected(&s, "future");
+    // The kernel hands over 4 requests per source and second (SPA_BUDGET).
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&ns, server, sealed(&key, Some(s.hosts.clients[1].v4), now));
+    rejected(&s, "address_mismatch");
+    let bad_tags = s
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "spa_rejected" && e["reason"] == "bad_tag")
+        .count();
+    assert_eq!(bad_tags, 2, "tampered and wrong key");
+
+    // A replay is refused, also by the next `run` (the cache is on disk).
+    let replayed = sealed(&key, None, SystemTime::now());
+    send(&ns, server, replayed.clone());
+    send(&ns, server, replayed.clone());
+    rejected(&s, "replayed");
+    let pid = s.hosts.last_child_pid();
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    s.hosts
+        .wait_last_child(Duration::from_secs(10))
+        .expect("run exits after SIGTERM");
+    s.start_run("second.jsonl");
+    // It watches the pinned request ring buffer before it attaches.
+    s.wait_attached();
+    send(&ns, server, replayed);
+    rejected(&s, "replayed");
+}
+
+#[test]
+fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, key_file) = keygen(dir.path());
+    let s = Setup::with_config(&config);
+    let server = s.hosts.server_v4[0];
+    // Client 1 is on the server's second link.
+    let flooded = s.hosts.server_v4[1];
+    let key = ClientKey::load(&key_file).expect("key file");
+    // Client 1 floods: garbage under alice's key id (which the kernel cannot tell
+    // from a request), and datagrams no client could have sent. Bounded: 20,000.
+    let flooder = s.client(1).to_owned();
+    let key_id = key.key_id.0;
+    in_netns(&flooder, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        let mut datagram = [0u8; 120];
+        for i in 0..20_000u32 {
+            datagram[0] = 1;
+            if i % 2 == 0 {
+                datagram[1..9].copy_from_slice(&key_id);
+            } else {
+                datagram[1..9].copy_from_slice(&i.to_le_bytes().repeat(2));
+            }
+            datagram[9..13].copy_from_slice(&i.to_le_bytes());
+            // A full socket buffer only drops the flood's own datagrams.
+            let _ = sock.send_to(&datagram, (flooded, PORT));
+        }
+    });
+    s.xknock(
+        s.client(0),
+        &[
+            "spa",
+            &server.to_string(),
+            "--key",
+            key_file.to_str().expect("utf-8"),
+        ],
+    );
+    s.wait_event("open", s.hosts.clients[0].v4);
+    assert!(s.reachable(0, server), "the valid request got through");
+    let status = s.status();
+    let counters = &status["counters"];
+    assert!(
+        counters["spa_shed"].as_u64().unwrap_or(0) > 5_000,
+        "the flooder's budget shed its requests: {counters}"
+    );
+    assert!(
+        counters["spa_refused"].as_u64().unwrap_or(0) > 5_000,
+        "unknown key ids refused in the kernel: {counters}"
+    );
+    let rejected = s.events().iter().filter(|e| e["event"] == "spa_rejected").count();
+    assert!(
+        rejected <= 20,
+        "userspace saw only the flooder's budget ({rejected} rejections)"
+    );
+}
