@@ -12,6 +12,7 @@ pub mod maps;
 pub mod run;
 pub mod spa;
 pub mod status;
+pub mod timed;
 
 /// The XDP program, built by build.rs from the knock-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));

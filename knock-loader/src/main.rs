@@ -15,6 +15,7 @@ use xknock::{
     run,
     spa::{self, Access, ClientKey, Key, KeyId},
     status::Status,
+    timed::TimedSecret,
 };
 
 /// A port-knocking firewall in XDP: protected ports stay silently closed to every
@@ -94,6 +95,27 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Make the secret of a time-based knock sequence: the server's `secret_file`
+    /// and the client's `xknock knock --secret` (the same file on both).
+    ///
+    /// Example: xknock secret --out ssh.secret --period 30s --knocks 3 --ports 20000-40000
+    Secret {
+        /// The new file (mode 0600; an existing file is never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long each period's knocks are valid.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        period: Duration,
+        /// Knocks per sequence (1 to 8).
+        #[arg(long, default_value_t = 3)]
+        knocks: u8,
+        /// The ports they are drawn from, LOW-HIGH (at least 256 of them).
+        #[arg(long, default_value = "20000-40000", value_parser = xknock::timed::parse_range)]
+        ports: std::ops::RangeInclusive<u16>,
+        /// The knocks' protocol.
+        #[arg(long, default_value = "udp", value_parser = ["tcp", "udp"])]
+        proto: String,
+    },
     /// Validate a configuration file and print what it sets up.
     Check {
         #[arg(long, short)]
@@ -102,12 +124,19 @@ enum Command {
     /// Send a knock sequence to HOST (no privileges needed).
     ///
     /// Example: xknock knock server.example 7000 8000/udp 9000
+    ///
+    /// With --secret, the knocks of a time-based sequence for the current period:
+    /// xknock knock server.example --secret ssh.secret
     Knock {
         /// The server's name or address.
         host: String,
         /// PORT, PORT/tcp or PORT/udp (tcp when no protocol is given).
-        #[arg(required = true, value_parser = parse_knock)]
+        #[arg(required_unless_present = "secret", conflicts_with = "secret", value_parser = parse_knock)]
         knocks: Vec<Knock>,
+        /// A time-based sequence's secret file (`xknock secret` makes one): knock what
+        /// it gives for now. This host's clock must be right within the server's grace.
+        #[arg(long)]
+        secret: Option<PathBuf>,
         /// Pause between knocks.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         delay: Duration,
@@ -270,8 +299,15 @@ fn real_main() -> Result<()> {
             pin_dir,
         } => {
             let mut state = State::from_pins(&pin_dir)?;
-            let seq = sequence.as_deref().map(|s| state.sequence_index(s)).transpose()?;
-            let n = state.revoke(addr, seq)?;
+            let n = match sequence {
+                None => state.revoke(addr, None)?,
+                // Every slot of it: a time-based sequence has two.
+                Some(name) => state
+                    .sequence_indices(&name)?
+                    .into_iter()
+                    .map(|seq| state.revoke(addr, Some(seq)))
+                    .sum::<Result<usize>>()?,
+            };
             println!("revoked {n} authorization(s) of {addr}");
             Ok(())
         }
@@ -297,7 +333,22 @@ fn real_main() -> Result<()> {
                 }
             }
             for s in &cfg.sequences {
-                let knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+                let mut knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+                if let Some(t) = &s.timed {
+                    let proto = if t.secret.proto == knock_common::PROTO_UDP {
+                        "udp"
+                    } else {
+                        "tcp"
+                    };
+                    knocks.push(format!(
+                        "{} from {}-{}/{proto}, new every {} (grace {})",
+                        t.secret.knocks,
+                        t.secret.ports.start(),
+                        t.secret.ports.end(),
+                        xknock::clock::human(t.secret.period),
+                        xknock::clock::human(t.grace)
+                    ));
+                }
                 let protect: Vec<_> = s.protect.iter().map(ToString::to_string).collect();
                 println!(
                     "  {}: knocks {} open {} for {}",
@@ -328,15 +379,43 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Secret {
+            out,
+            period,
+            knocks,
+            ports,
+            proto,
+        } => {
+            let proto = if proto == "tcp" {
+                knock_common::PROTO_TCP
+            } else {
+                knock_common::PROTO_UDP
+            };
+            let secret = TimedSecret::generate(period, knocks, ports, proto)?;
+            secret.write_new(&out)?;
+            eprintln!(
+                "wrote {}: give it to the server as a sequence's secret_file and to clients for `xknock knock --secret`",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Knock {
             host,
             knocks,
+            secret,
             delay,
             copies,
             ipv4,
             ipv6,
         } => {
             let addr = client::resolve(&host, family(ipv4, ipv6))?;
+            let knocks = match secret {
+                None => knocks,
+                Some(path) => {
+                    let secret = TimedSecret::load(&path)?;
+                    secret.knocks_for(secret.counter(std::time::SystemTime::now()))
+                }
+            };
             client::knock(addr, &knocks, delay, copies).with_context(|| format!("knocking on {host}"))
         }
         Command::Spa {

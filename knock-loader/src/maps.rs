@@ -4,7 +4,7 @@
 use std::{
     net::{IpAddr, Ipv6Addr},
     path::Path,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -119,11 +119,25 @@ impl State {
                 .sequences
                 .get(&i, 0)
                 .context("cannot read the sequence map")?;
-            if c.n_knocks > 0 {
+            // A time-based sequence's idle slot has no knocks, only protected ports.
+            if c.n_knocks > 0 || c.n_protect > 0 {
                 out.push((i as u8, c));
             }
         }
         Ok(out)
+    }
+
+    /// Every slot of sequence `name` (a time-based sequence has two), first first.
+    pub fn sequence_indices(&self, name: &str) -> Result<Vec<u8>> {
+        let first = self.sequence_index(name)?;
+        let seqs = self.sequences()?;
+        Ok(std::iter::once(first)
+            .chain(
+                seqs.iter()
+                    .filter(|(i, c)| *i != first && sequence_name(c) == name)
+                    .map(|(i, _)| *i),
+            )
+            .collect())
     }
 
     pub fn sequence_index(&self, name: &str) -> Result<u8> {
@@ -140,6 +154,21 @@ impl State {
     /// Writes a configuration into the maps: sequences first, then port rules (old
     /// ports cleared), the allow/deny lists and the settings.
     pub fn apply(&mut self, config: &Config) -> Result<()> {
+        self.apply_sequences(config, SystemTime::now())?;
+        self.apply_access(config)?;
+        self.set_spa_keys(&config.spa_key_ids())?;
+        let mut settings = config.settings(self.settings()?);
+        settings.auth_hint_shift = self.auth_hint.shift();
+        self.settings
+            .set(0, &settings, 0)
+            .context("cannot write the settings map")?;
+        self.repair_hint();
+        Ok(())
+    }
+
+    /// Writes the sequence table and the port rules as they are at `now` (time-based
+    /// sequences change with it), leaving progress and authorizations alone.
+    pub fn apply_sequences(&mut self, config: &Config, now: SystemTime) -> Result<()> {
         let old = self.sequences()?;
         let old_ports: Vec<u32> = old
             .iter()
@@ -162,14 +191,14 @@ impl State {
                     .flatten(),
             )
             .collect();
-        let table = config.sequence_table();
+        let table = config.sequence_table(now);
         for i in 0..MAX_SEQUENCES {
             let entry = table.get(i).copied().unwrap_or_else(bytemuck::Zeroable::zeroed);
             self.sequences
                 .set(i as u32, &entry, 0)
                 .context("cannot write the sequence map")?;
         }
-        let rules = config.port_rules();
+        let rules = config.port_rules(now);
         let strict_mask = config.strict_mask();
         let unconfigured = PortRule {
             strict_mask,
@@ -194,15 +223,12 @@ impl State {
                 .set(*index, rule, 0)
                 .context("cannot write the port-rule map")?;
         }
-        self.apply_access(config)?;
-        self.set_spa_keys(&config.spa_key_ids())?;
-        let mut settings = config.settings(self.settings()?);
-        settings.auth_hint_shift = self.auth_hint.shift();
+        // The SPA port's rule is cleared with the old ports: record where it is now.
+        let mut settings = self.settings()?;
+        settings.spa_port = config.spa.as_ref().map_or(0, |s| s.port);
         self.settings
             .set(0, &settings, 0)
-            .context("cannot write the settings map")?;
-        self.repair_hint();
-        Ok(())
+            .context("cannot write the settings map")
     }
 
     /// Makes `ids` the SPA key ids the kernel lets through, and no others.

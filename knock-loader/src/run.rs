@@ -1,6 +1,6 @@
 //! `xknock run`: load, configure, attach, print events, detach on SIGINT/SIGTERM.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -20,6 +20,8 @@ use crate::{
 
 /// How often authorizations are checked for expiry (the lateness of `close` events).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How often time-based sequences are checked for a new period or the end of a grace.
+const ROTATE_EVERY: Duration = Duration::from_millis(200);
 
 pub fn run(config: Config, json: bool) -> Result<()> {
     if config.interfaces.is_empty() {
@@ -101,6 +103,10 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let timed = config.sequences.iter().any(|s| s.timed.is_some());
+    let mut rotate = tokio::time::interval(ROTATE_EVERY);
+    // Empty: the first tick rewrites them, in case a period ended since `apply`.
+    let mut slots = vec![];
     let print = |line: EventLine| say(&line.render(json));
     let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<()> {
         let now = state.now_ns()?;
@@ -135,6 +141,19 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
                     }
                 }
                 guard.clear_ready();
+            }
+            _ = rotate.tick(), if timed => {
+                // Only the time-based sequences' slots change; progress and
+                // authorizations are left alone.
+                let now = SystemTime::now();
+                let next = config.kernel_slots(now);
+                if next != slots {
+                    state
+                        .apply_sequences(&config, now)
+                        .context("cannot rewrite the time-based sequences")?;
+                    log::debug!("time-based sequences: new knocks or the end of a grace");
+                    slots = next;
+                }
             }
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not

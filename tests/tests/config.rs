@@ -54,7 +54,7 @@ fn defaults_and_kernel_tables() {
         "default: SYN without ACK"
     );
     assert_eq!(&k.name[..4], b"ssh\0");
-    let rules = c.port_rules();
+    let rules = c.port_rules(std::time::SystemTime::now());
     assert_eq!(
         rules[&port_rule_index(17, 8000).unwrap()],
         PortRule {

@@ -1,7 +1,7 @@
 //! The configuration as the kernel's tables: the sequence array, the port-rule
 //! array and the settings.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::SystemTime};
 
 use ipnet::IpNet;
 
@@ -13,17 +13,58 @@ use knock_common::{
 use super::{Config, Knock, Sequence, nanos};
 
 impl Config {
-    /// The kernel's sequence table, one entry per configured sequence.
-    pub fn sequence_table(&self) -> Vec<SequenceConfig> {
-        self.sequences.iter().map(Sequence::kernel_config).collect()
+    /// The kernel's sequence slots at `now`: each configured sequence at its index,
+    /// then a twin for each time-based one. The two take turns: even periods' knocks
+    /// go to the first, odd periods' to the twin. The other slot holds the previous
+    /// period's knocks for `grace` into a period (a source part-way through goes on,
+    /// a client whose clock is behind still opens) and the next period's for the last
+    /// `grace` of it (for a client whose clock is ahead); otherwise only the
+    /// protected ports (its authorizations stay valid).
+    pub fn kernel_slots(&self, now: SystemTime) -> Vec<Sequence> {
+        let mut slots = self.sequences.clone();
+        let mut twins = vec![];
+        for (slot, seq) in slots.iter_mut().zip(&self.sequences) {
+            let Some(timed) = &seq.timed else { continue };
+            let counter = timed.secret.counter(now);
+            let current = timed.secret.knocks_for(counter);
+            let into = timed.secret.into_period(counter, now);
+            let other = match counter.checked_sub(1) {
+                Some(before) if into < timed.grace => timed.secret.knocks_for(before),
+                _ if timed.secret.period.saturating_sub(into) <= timed.grace => {
+                    timed.secret.knocks_for(counter + 1)
+                }
+                _ => vec![],
+            };
+            let (even, odd) = if counter % 2 == 0 {
+                (current, other)
+            } else {
+                (other, current)
+            };
+            slot.knocks = even;
+            twins.push(Sequence {
+                knocks: odd,
+                ..seq.clone()
+            });
+        }
+        slots.extend(twins);
+        slots
     }
 
-    /// Entries of the kernel's port-rule array for the configured ports and the SPA
-    /// port (every other entry holds only the strict mask).
-    pub fn port_rules(&self) -> HashMap<u32, PortRule> {
-        let strict_mask = self.strict_mask();
+    /// The kernel's sequence table at `now`, one entry per slot.
+    pub fn sequence_table(&self, now: SystemTime) -> Vec<SequenceConfig> {
+        self.kernel_slots(now)
+            .iter()
+            .map(Sequence::kernel_config)
+            .collect()
+    }
+
+    /// Entries of the kernel's port-rule array at `now` for the configured ports and
+    /// the SPA port (every other entry holds only the strict mask).
+    pub fn port_rules(&self, now: SystemTime) -> HashMap<u32, PortRule> {
+        let slots = self.kernel_slots(now);
+        let strict_mask = strict_mask(&slots);
         let mut rules: HashMap<u32, PortRule> = HashMap::new();
-        for (i, seq) in self.sequences.iter().enumerate() {
+        for (i, seq) in slots.iter().enumerate() {
             let bit = 1u8 << i;
             for k in &seq.knocks {
                 rules
@@ -86,13 +127,18 @@ impl Config {
         clients.map(|c| SpaKeyId { id: c.key_id.0 }).collect()
     }
 
+    /// The strict sequences' bits (twins included).
     pub fn strict_mask(&self) -> u8 {
-        self.sequences
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.strict)
-            .fold(0, |mask, (i, _)| mask | 1 << i)
+        strict_mask(&self.kernel_slots(SystemTime::UNIX_EPOCH))
     }
+}
+
+fn strict_mask(slots: &[Sequence]) -> u8 {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.strict)
+        .fold(0, |mask, (i, _)| mask | 1 << i)
 }
 
 fn strict(strict_mask: u8) -> PortRule {

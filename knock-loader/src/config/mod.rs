@@ -18,7 +18,10 @@ use ipnet::IpNet;
 use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
 use serde::Deserialize;
 
-use crate::spa::{Key, KeyId};
+use crate::{
+    spa::{Key, KeyId},
+    timed::TimedSecret,
+};
 
 pub use kernel::rule_index;
 pub use parse::parse_tcp_flags;
@@ -93,6 +96,24 @@ pub struct Sequence {
     pub ignore_wrong: bool,
     pub tcp_flags_set: u8,
     pub tcp_flags_clear: u8,
+    /// A time-based sequence: `knocks` is empty here and comes from the secret and
+    /// the time (`Config::kernel_slots`).
+    pub timed: Option<Timed>,
+}
+
+/// A time-based sequence's secret (`secret_file`), and how long into a period the
+/// previous period's knocks still count (`grace`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timed {
+    pub secret: TimedSecret,
+    pub grace: Duration,
+}
+
+impl Timed {
+    /// Whether `k` can be one of this sequence's knocks (its protocol and range).
+    pub fn covers(&self, k: Knock) -> bool {
+        k.proto == self.secret.proto && self.secret.ports.contains(&k.port)
+    }
 }
 
 /// A validated configuration.

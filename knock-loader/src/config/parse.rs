@@ -13,8 +13,10 @@ use knock_common::{MAX_KNOCKS, MAX_PROTECTED, MAX_SEQUENCES, NAME_LEN, TCP_ACK};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::timed::TimedSecret;
+
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, XdpMode, is_plain_name,
+    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Timed, XdpMode, is_plain_name,
     spa::{RawSpa, parse_spa},
 };
 
@@ -66,7 +68,10 @@ enum WrongKnock {
 #[serde(deny_unknown_fields)]
 struct RawSequence {
     name: Spanned<String>,
-    knocks: Spanned<Vec<Spanned<String>>>,
+    knocks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A time-based sequence's secret file (instead of `knocks`).
+    secret_file: Option<Spanned<PathBuf>>,
+    grace: Option<Spanned<String>>,
     protect: Spanned<Vec<Spanned<String>>>,
     open_for: Option<Spanned<String>>,
     step_timeout: Option<Spanned<String>>,
@@ -91,6 +96,9 @@ const DEFAULT_BAN_FAILURES: u32 = 5;
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The largest map `[limits]` may ask for (16M entries: gigabytes of kernel memory).
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
+/// How long into a period a time-based sequence's previous knocks still count (at
+/// most half the period).
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_BAN_FOR: Duration = Duration::from_secs(600);
 /// Where errors point: the file and its text, to turn byte offsets into lines.
@@ -189,6 +197,22 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         .as_ref()
         .map(|s| parse_spa(&src, s, &sequences))
         .transpose()?;
+    if let (Some(spa), Some(raw_spa)) = (&spa, &raw.spa) {
+        let port = Knock {
+            port: spa.port,
+            proto: knock_common::PROTO_UDP,
+        };
+        if let Some(s) = sequences
+            .iter()
+            .find(|s| s.timed.as_ref().is_some_and(|t| t.covers(port)))
+        {
+            return Err(src.at(
+                raw_spa,
+                "spa.port",
+                format!("{port} is in the port range of time-based sequence {:?}", s.name),
+            ));
+        }
+    }
     let interfaces = match raw.interface {
         None => vec![],
         Some(OneOrMany::One(i)) => vec![i],
@@ -225,6 +249,47 @@ fn parse_ports(
         .collect()
 }
 
+/// `secret_file` and `grace`: a time-based sequence; `None` for one with `knocks`.
+fn parse_timed(src: &Source, raw: &RawSequence) -> Result<Option<Timed>> {
+    let Some(file) = &raw.secret_file else {
+        if raw.knocks.is_none() {
+            return Err(src.at(
+                &raw.name,
+                "knocks",
+                "missing: give knocks, or secret_file for a time-based sequence",
+            ));
+        }
+        if let Some(g) = &raw.grace {
+            return Err(src.at(g, "grace", "only a time-based sequence (secret_file) has one"));
+        }
+        return Ok(None);
+    };
+    if let Some(k) = &raw.knocks {
+        return Err(src.at(
+            k,
+            "knocks",
+            "a time-based sequence (secret_file) takes its knocks from the secret: remove one of the two",
+        ));
+    }
+    // Relative to the config file, like a SPA client's key_file.
+    let dir = src.path.parent().unwrap_or(Path::new(""));
+    let secret = TimedSecret::load(&dir.join(file.get_ref()))
+        .map_err(|e| src.at(file, "secret_file", format!("{e:#}")))?;
+    let grace = src.duration(&raw.grace, "grace", DEFAULT_GRACE.min(secret.period / 2))?;
+    if grace > secret.period / 2 {
+        let message = format!(
+            "{} is more than half the secret's period ({}): the grace before a period and after it would overlap",
+            humantime::format_duration(grace),
+            humantime::format_duration(secret.period)
+        );
+        return Err(match &raw.grace {
+            Some(g) => src.at(g, "grace", message),
+            None => src.at(file, "grace", message),
+        });
+    }
+    Ok(Some(Timed { secret, grace }))
+}
+
 fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
     let name = raw.name.get_ref().clone();
     if name.len() >= NAME_LEN || !is_plain_name(&name) {
@@ -237,10 +302,14 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
             ),
         ));
     }
-    let knocks = parse_ports(src, &raw.knocks, "knocks", MAX_KNOCKS)?;
-    if let Some(w) = knocks.windows(2).find(|w| w[0] == w[1]) {
+    let timed = parse_timed(src, raw)?;
+    let knocks = match &raw.knocks {
+        Some(k) => parse_ports(src, k, "knocks", MAX_KNOCKS)?,
+        None => vec![],
+    };
+    if let (Some(k), Some(w)) = (&raw.knocks, knocks.windows(2).find(|w| w[0] == w[1])) {
         return Err(src.at(
-            &raw.knocks,
+            k,
             "knocks",
             format!(
                 "{} twice in a row: a retransmitted knock could not be told from the next one",
@@ -249,7 +318,10 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         ));
     }
     let protect = parse_ports(src, &raw.protect, "protect", MAX_PROTECTED)?;
-    if let Some(p) = protect.iter().find(|p| knocks.contains(p)) {
+    if let Some(p) = protect
+        .iter()
+        .find(|p| knocks.contains(p) || timed.as_ref().is_some_and(|t| t.covers(**p)))
+    {
         return Err(src.at(
             &raw.protect,
             "protect",
@@ -286,6 +358,7 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         ignore_wrong: matches!(raw.wrong_knock, WrongKnock::Ignore),
         tcp_flags_set,
         tcp_flags_clear,
+        timed,
     };
     if seq.step_timeout > seq.sequence_timeout {
         let at = raw.step_timeout.as_ref().or(raw.sequence_timeout.as_ref());
@@ -377,13 +450,15 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
                 format!("{p} is a knock of sequence {other:?}: a port cannot be both"),
             ));
         }
+        check_timed(src, raw, seq, seqs)?;
         if let Some(other) = seqs
             .iter()
             .take_while(|o| !std::ptr::eq(*o, seq))
-            .find(|o| o.knocks == seq.knocks)
+            .find(|o| o.timed.is_none() && seq.timed.is_none() && o.knocks == seq.knocks)
+            && let Some(knocks) = &raw.knocks
         {
             return Err(src.at(
-                &raw.knocks,
+                knocks,
                 "knocks",
                 format!(
                     "the same knocks as sequence {:?}: the two cannot be told apart",
@@ -391,6 +466,50 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A time-based sequence's ports may be no other sequence's: no port of another
+/// inside its range, no two ranges that overlap. It takes two kernel slots.
+fn check_timed(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Sequence]) -> Result<()> {
+    let others = seqs.iter().filter(|o| !std::ptr::eq(*o, seq));
+    for other in others {
+        let Some(t) = &other.timed else { continue };
+        if let Some(p) = seq.knocks.iter().chain(&seq.protect).find(|p| t.covers(**p)) {
+            return Err(src.at(
+                &raw.name,
+                "sequence",
+                format!(
+                    "{p} is in the port range of time-based sequence {:?}: a port cannot be both",
+                    other.name
+                ),
+            ));
+        }
+        if let (Some(mine), Some(file)) = (&seq.timed, &raw.secret_file)
+            && mine.secret.proto == t.secret.proto
+            && mine.secret.ports.start() <= t.secret.ports.end()
+            && t.secret.ports.start() <= mine.secret.ports.end()
+        {
+            return Err(src.at(
+                file,
+                "secret_file",
+                format!("its port range overlaps time-based sequence {:?}'s", other.name),
+            ));
+        }
+    }
+    let slots = seqs.len() + seqs.iter().filter(|s| s.timed.is_some()).count();
+    if slots > MAX_SEQUENCES
+        && let Some(file) = &raw.secret_file
+    {
+        return Err(src.at(
+            file,
+            "secret_file",
+            format!(
+                "a time-based sequence takes two of the kernel's {MAX_SEQUENCES} sequence slots: \
+                 {slots} needed"
+            ),
+        ));
     }
     Ok(())
 }

@@ -205,7 +205,7 @@ impl ClientKey {
 }
 
 /// Reads a secret file, refusing it when group or others may read or write it.
-fn read_private(path: &Path) -> Result<String> {
+pub(crate) fn read_private(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("cannot read key file {}", path.display()))?;
     let mode = file
         .metadata()
