@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod hint;
 pub mod maps;
+pub mod onetime;
 pub mod run;
 pub mod spa;
 pub mod status;

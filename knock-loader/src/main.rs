@@ -334,6 +334,12 @@ fn real_main() -> Result<()> {
             }
             for s in &cfg.sequences {
                 let mut knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+                if let Some(file) = &s.one_time {
+                    knocks.push(match knocks.is_empty() {
+                        true => format!("(every one-time sequence in {} is used)", file.display()),
+                        false => format!("(one-time, from {})", file.display()),
+                    });
+                }
                 if let Some(t) = &s.timed {
                     let proto = if t.secret.proto == knock_common::PROTO_UDP {
                         "udp"

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
-use knock_common::{Event, SpaRequest, map_names};
+use knock_common::{Event, EventKind, SpaRequest, map_names};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     events::{EventLine, Events},
     maps::State,
+    onetime,
     spa::{self, Verifier},
 };
 
@@ -61,7 +62,7 @@ fn watch(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<aya::maps::
         .with_context(|| format!("cannot watch the ring buffer {name}"))
 }
 
-async fn run_async(config: Config, json: bool) -> Result<()> {
+async fn run_async(mut config: Config, json: bool) -> Result<()> {
     // Before anything is loaded: an unreadable replay cache stops here.
     let mut verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
     let adopted = attach::has_pins(&config.pin_dir);
@@ -108,29 +109,36 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
     // Empty: the first tick rewrites them, in case a period ended since `apply`.
     let mut slots = vec![];
     let print = |line: EventLine| say(&line.render(json));
-    let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<()> {
+    // Prints the kernel's events; returns the sequences that opened.
+    let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<Vec<u8>> {
         let now = state.now_ns()?;
+        let mut opened = vec![];
         while let Some(item) = ring.next() {
-            if let Some(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item).ok()
-                && let Some(line) = events.from_kernel(&ev, now)
-            {
-                print(line);
+            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item) {
+                if ev.kind == EventKind::Open as u8 {
+                    opened.push(ev.seq);
+                }
+                if let Some(line) = events.from_kernel(&ev, now) {
+                    print(line);
+                }
             }
         }
-        Ok(())
+        Ok(opened)
     };
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut events, &state)?;
+                let opened = drain(guard.get_inner_mut(), &mut events, &state)?;
+                next_one_time(&mut config, &mut state, &opened)?;
                 guard.clear_ready();
             }
             guard = spa_ring.readable_mut(), if verifier.is_some() => {
                 let mut guard = guard?;
                 if let Some(verifier) = verifier.as_mut() {
                     // Kernel events first, so that its knocks print before an open.
-                    drain(ring.get_mut(), &mut events, &state)?;
+                    let opened = drain(ring.get_mut(), &mut events, &state)?;
+                    next_one_time(&mut config, &mut state, &opened)?;
                     let requests = guard.get_inner_mut();
                     while let Some(item) = requests.next() {
                         if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
@@ -158,7 +166,8 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not
                 // mistaken for one added by `xknock allow`.
-                drain(ring.get_mut(), &mut events, &state)?;
+                let opened = drain(ring.get_mut(), &mut events, &state)?;
+                next_one_time(&mut config, &mut state, &opened)?;
                 for line in events.sweep(&mut state)? {
                     print(line);
                 }
@@ -169,6 +178,47 @@ async fn run_async(config: Config, json: bool) -> Result<()> {
     }
     log::info!("detaching; the maps stay pinned in {}", config.pin_dir.display());
     attach::detach(attach::program(&mut ebpf)?, links)
+}
+
+/// For each one-time sequence among `opened`: marks its line used in its file and
+/// loads the next (or none, once all are used) into the kernel.
+fn next_one_time(config: &mut Config, state: &mut State, opened: &[u8]) -> Result<()> {
+    let mut changed = false;
+    for seq in opened {
+        let Some(s) = config.sequences.get_mut(usize::from(*seq)) else {
+            continue;
+        };
+        let Some(path) = s.one_time.clone() else { continue };
+        // The line in use now: the one that opened (nothing else moves it).
+        if let Some((line, _)) = onetime::current(&path)? {
+            onetime::mark_used(&path, line)?;
+        }
+        s.knocks = match onetime::current(&path)? {
+            Some((line, knocks)) => {
+                log::info!(
+                    "{}: one-time sequence used; line {line} of {} is next",
+                    s.name,
+                    path.display()
+                );
+                knocks
+            }
+            None => {
+                log::warn!(
+                    "{}: every one-time sequence in {} is used: add more",
+                    s.name,
+                    path.display()
+                );
+                vec![]
+            }
+        };
+        changed = true;
+    }
+    if changed {
+        state
+            .apply_sequences(config, SystemTime::now())
+            .context("cannot load the next one-time sequence")?;
+    }
+    Ok(())
 }
 
 /// Forwards the program's aya-log lines to env_logger (stderr).

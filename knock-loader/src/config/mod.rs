@@ -99,6 +99,8 @@ pub struct Sequence {
     /// A time-based sequence: `knocks` is empty here and comes from the secret and
     /// the time (`Config::kernel_slots`).
     pub timed: Option<Timed>,
+    /// knockd's `one_time_sequences`: the file whose first unused line `knocks` is.
+    pub one_time: Option<PathBuf>,
 }
 
 /// A time-based sequence's secret (`secret_file`), and how long into a period the

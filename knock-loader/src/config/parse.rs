@@ -71,6 +71,8 @@ struct RawSequence {
     knocks: Option<Spanned<Vec<Spanned<String>>>>,
     /// A time-based sequence's secret file (instead of `knocks`).
     secret_file: Option<Spanned<PathBuf>>,
+    /// knockd's one-time sequences (instead of `knocks`).
+    one_time_sequences: Option<Spanned<PathBuf>>,
     grace: Option<Spanned<String>>,
     protect: Spanned<Vec<Spanned<String>>>,
     open_for: Option<Spanned<String>>,
@@ -252,11 +254,11 @@ fn parse_ports(
 /// `secret_file` and `grace`: a time-based sequence; `None` for one with `knocks`.
 fn parse_timed(src: &Source, raw: &RawSequence) -> Result<Option<Timed>> {
     let Some(file) = &raw.secret_file else {
-        if raw.knocks.is_none() {
+        if raw.knocks.is_none() && raw.one_time_sequences.is_none() {
             return Err(src.at(
                 &raw.name,
                 "knocks",
-                "missing: give knocks, or secret_file for a time-based sequence",
+                "missing: give knocks, secret_file (time-based) or one_time_sequences",
             ));
         }
         if let Some(g) = &raw.grace {
@@ -269,6 +271,13 @@ fn parse_timed(src: &Source, raw: &RawSequence) -> Result<Option<Timed>> {
             k,
             "knocks",
             "a time-based sequence (secret_file) takes its knocks from the secret: remove one of the two",
+        ));
+    }
+    if let Some(f) = &raw.one_time_sequences {
+        return Err(src.at(
+            f,
+            "one_time_sequences",
+            "give secret_file or one_time_sequences, not both",
         ));
     }
     // Relative to the config file, like a SPA client's key_file.
@@ -303,9 +312,22 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         ));
     }
     let timed = parse_timed(src, raw)?;
-    let knocks = match &raw.knocks {
-        Some(k) => parse_ports(src, k, "knocks", MAX_KNOCKS)?,
-        None => vec![],
+    let one_time = raw.one_time_sequences.as_ref().map(|f| {
+        // Relative to the config file, like a secret_file.
+        (f, src.path.parent().unwrap_or(Path::new("")).join(f.get_ref()))
+    });
+    let knocks = match (&raw.knocks, &one_time) {
+        (Some(k), None) => parse_ports(src, k, "knocks", MAX_KNOCKS)?,
+        (None, Some((f, path))) => match crate::onetime::current(path) {
+            Ok(Some((_, knocks))) => knocks,
+            // All used: the sequence opens nothing until the file gets more lines.
+            Ok(None) => vec![],
+            Err(e) => return Err(src.at(*f, "one_time_sequences", format!("{e:#}"))),
+        },
+        (Some(k), Some(_)) => {
+            return Err(src.at(k, "knocks", "give knocks or one_time_sequences, not both"));
+        }
+        (None, None) => vec![],
     };
     if let (Some(k), Some(w)) = (&raw.knocks, knocks.windows(2).find(|w| w[0] == w[1])) {
         return Err(src.at(
@@ -359,6 +381,7 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         tcp_flags_set,
         tcp_flags_clear,
         timed,
+        one_time: one_time.map(|(_, path)| path),
     };
     if seq.step_timeout > seq.sequence_timeout {
         let at = raw.step_timeout.as_ref().or(raw.sequence_timeout.as_ref());
@@ -451,11 +474,9 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
             ));
         }
         check_timed(src, raw, seq, seqs)?;
-        if let Some(other) = seqs
-            .iter()
-            .take_while(|o| !std::ptr::eq(*o, seq))
-            .find(|o| o.timed.is_none() && seq.timed.is_none() && o.knocks == seq.knocks)
-            && let Some(knocks) = &raw.knocks
+        if let Some(other) = seqs.iter().take_while(|o| !std::ptr::eq(*o, seq)).find(|o| {
+            o.timed.is_none() && seq.timed.is_none() && !o.knocks.is_empty() && o.knocks == seq.knocks
+        }) && let Some(knocks) = &raw.knocks
         {
             return Err(src.at(
                 knocks,
