@@ -6,10 +6,7 @@
 
 use std::{
     fmt,
-    fs::OpenOptions,
-    io::Write as _,
     ops::RangeInclusive,
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -20,7 +17,10 @@ use knock_common::{PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::{config::Knock, spa::keys::read_private};
+use crate::{
+    config::Knock,
+    spa::keys::{read_private, write_private_new},
+};
 
 /// Knocks a time-based sequence may have: each takes two bytes of the 32 of a MAC,
 /// and the rest are spares for a port that repeats the one before it.
@@ -151,19 +151,7 @@ impl TimedSecret {
 
     /// Writes a new file of mode 0600; an existing file is left alone.
     pub fn write_new(&self, path: &Path) -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| {
-                format!(
-                    "cannot create {} (an existing file is never overwritten)",
-                    path.display()
-                )
-            })?;
-        file.write_all(self.to_toml().as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))
+        write_private_new(path, &self.to_toml())
     }
 
     /// The period counter at `at` (Unix time over the period).

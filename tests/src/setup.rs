@@ -86,6 +86,21 @@ impl Setup {
         self.hosts.spawn_in(&server, &args, Stdio::from(out));
     }
 
+    /// Stops `run` with SIGTERM (it detaches) and starts a new one, its events going
+    /// to `file`; returns once it is attached.
+    pub fn restart_run(&mut self, file: &str) {
+        let pid = self.hosts.last_child_pid();
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = self
+            .hosts
+            .wait_last_child(Duration::from_secs(10))
+            .expect("run exits after SIGTERM");
+        assert!(status.success(), "run exit status {status}");
+        self.start_run(file);
+        self.wait_attached();
+    }
+
     pub fn wait_attached(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

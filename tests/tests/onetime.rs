@@ -48,14 +48,7 @@ fn each_one_time_sequence_opens_once_and_the_file_remembers_across_a_restart() {
     assert_eq!(opens(&s), 2, "the next line opens");
 
     // A new run reads the file: nothing is left, and the used lines stay used.
-    let pid = s.hosts.last_child_pid();
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    s.hosts
-        .wait_last_child(Duration::from_secs(10))
-        .expect("run exits");
-    s.start_run("second.jsonl");
-    s.wait_attached();
+    s.restart_run("second.jsonl");
     knock(&s, &first);
     knock(&s, &["32000/udp", "32001"]);
     assert_eq!(opens(&s), 0, "after the restart: {:?}", s.events());

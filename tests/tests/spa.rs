@@ -143,15 +143,8 @@ fn a_request_opens_for_its_sender_and_forgeries_are_rejected_with_their_reason()
     send(&ns, server, replayed.clone());
     send(&ns, server, replayed.clone());
     rejected(&s, "replayed");
-    let pid = s.hosts.last_child_pid();
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    s.hosts
-        .wait_last_child(Duration::from_secs(10))
-        .expect("run exits after SIGTERM");
-    s.start_run("second.jsonl");
-    // It watches the pinned request ring buffer before it attaches.
-    s.wait_attached();
+    // The new run watches the pinned request ring buffer before it attaches.
+    s.restart_run("second.jsonl");
     send(&ns, server, replayed);
     rejected(&s, "replayed");
 }

@@ -187,21 +187,27 @@ impl ClientKey {
 
     /// Writes the key file to a new file of mode 0600; an existing file is left alone.
     pub fn write_new(&self, path: &Path, name: &str) -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| {
-                format!(
-                    "cannot create {} (an existing key file is never overwritten)",
-                    path.display()
-                )
-            })?;
-        file.write_all(self.to_toml(name).as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", path.display()))
+        write_private_new(path, &self.to_toml(name))
     }
+}
+
+/// Writes `text` to a new file of mode 0600 (a key or a secret); an existing file is
+/// never overwritten.
+pub(crate) fn write_private_new(path: &Path, text: &str) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a secret file, refusing it when group or others may read or write it.
