@@ -182,6 +182,8 @@ impl State {
             })
             .collect();
         let was_strict = old.iter().any(|(_, c)| c.flags & SEQ_STRICT != 0);
+        // Where the SPA port was (`apply` records the new one in the settings after
+        // this), so that its rule is cleared with the other old ports.
         let old_spa = self.settings()?.spa_port;
         let old_ports: Vec<u32> = old_ports
             .into_iter()
@@ -223,12 +225,7 @@ impl State {
                 .set(*index, rule, 0)
                 .context("cannot write the port-rule map")?;
         }
-        // The SPA port's rule is cleared with the old ports: record where it is now.
-        let mut settings = self.settings()?;
-        settings.spa_port = config.spa.as_ref().map_or(0, |s| s.port);
-        self.settings
-            .set(0, &settings, 0)
-            .context("cannot write the settings map")
+        Ok(())
     }
 
     /// Makes `ids` the SPA key ids the kernel lets through, and no others.

@@ -162,7 +162,8 @@ impl TimedSecret {
 
     /// How long period `counter` has been running at `at` (zero before it began).
     pub fn into_period(&self, counter: u64, at: SystemTime) -> Duration {
-        let start = SystemTime::UNIX_EPOCH + self.period * u32::try_from(counter).unwrap_or(u32::MAX);
+        let start =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(counter.saturating_mul(self.period.as_secs()));
         at.duration_since(start).unwrap_or_default()
     }
 
