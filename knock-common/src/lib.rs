@@ -296,6 +296,9 @@ pub enum EventKind {
     Ban = 6,
     /// A ban ended (sent by userspace, never by the kernel).
     Unban = 7,
+    /// A datagram to the SPA port that no configured client could have sent;
+    /// `reason` is a [`SpaRefusal`], `port` the SPA port.
+    SpaRefused = 8,
 }
 
 impl EventKind {
@@ -308,6 +311,7 @@ impl EventKind {
             5 => Self::OpenFailed,
             6 => Self::Ban,
             7 => Self::Unban,
+            8 => Self::SpaRefused,
             _ => return None,
         })
     }
@@ -326,6 +330,16 @@ pub enum ResetReason {
     Strict = 3,
 }
 
+/// Why the kernel refused a datagram to the SPA port (`Event::reason`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaRefusal {
+    /// Too short or too long for a request, or another version.
+    Malformed = 1,
+    /// No configured client has the key id.
+    UnknownKey = 2,
+}
+
 /// One record in the events ring buffer. Written by the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -340,7 +354,7 @@ pub struct Event {
     pub step: u8,
     /// Knocks in the sequence.
     pub of: u8,
-    /// A [`ResetReason`].
+    /// A [`ResetReason`], or for `SpaRefused` a [`SpaRefusal`].
     pub reason: u8,
     /// The packet's protocol and destination port.
     pub proto: u8,

@@ -65,12 +65,13 @@ pub static XK_ACCESS: LpmTrie<[u8; 16], u8, { ACCESS_ENTRIES as usize }> = LpmTr
 #[btf_map(pin_by_name)]
 pub static XK_COUNTERS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
 
-/// Knock, reset, open and open-failed events for `xknock run`. Written by the kernel.
+/// Knock, reset, open, open-failed, ban and SPA-refused events for `xknock run`.
+/// Written by the kernel.
 #[btf_map(pin_by_name)]
 pub static XK_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
 
 /// The configured SPA clients' key ids (values unused). Written by the loader; a
-/// request with another key id is refused here, before it costs userspace anything.
+/// request with another key id is refused here, before it reaches the verifier.
 #[btf_map(pin_by_name)]
 pub static XK_SPA_KEYS: HashMap<SpaKeyId, u8, { SPA_KEYS as usize }> = HashMap::new();
 

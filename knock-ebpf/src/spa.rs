@@ -1,16 +1,16 @@
-//! Single Packet Authorization: every datagram to the SPA port is dropped; one that
-//! could be a client's request, from a source within its budget, is handed to
-//! `xknock run` (which verifies it) through XK_SPA_REQUESTS.
+//! Single Packet Authorization: every datagram to the SPA port is dropped. Within its
+//! source's budget, one that could be a client's request is handed to `xknock run`
+//! (which verifies it) through XK_SPA_REQUESTS, and any other is a `SpaRefused` event.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use knock_common::{
-    ACCESS_DENY, Counter, SPA_BUDGET, SPA_BUDGET_WINDOW_NS, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD, SPA_VERSION,
-    SourceAddr, SpaBudget, SpaKeyId,
+    ACCESS_DENY, Counter, Event, EventKind, PROTO_UDP, SPA_BUDGET, SPA_BUDGET_WINDOW_NS, SPA_KEY_ID_LEN,
+    SPA_MAX_PAYLOAD, SPA_VERSION, SourceAddr, SpaBudget, SpaKeyId, SpaRefusal,
 };
 
 use crate::{
-    access,
-    maps::{XK_SETTINGS, XK_SPA_BUDGETS, XK_SPA_KEYS, XK_SPA_REQUESTS},
+    access, count,
+    maps::{XK_EVENTS, XK_SETTINGS, XK_SPA_BUDGETS, XK_SPA_KEYS, XK_SPA_REQUESTS},
     now_ns,
     parse::Transport,
 };
@@ -28,38 +28,16 @@ pub fn request(ctx: &XdpContext, transport: &Transport) -> Counter {
     if settings.access_rules != 0 && access(&packet.src) == ACCESS_DENY {
         return Counter::DropDenied;
     }
-    let len = transport.payload_len as usize;
-    if len < 1 + SPA_KEY_ID_LEN || len > SPA_MAX_PAYLOAD {
-        return Counter::SpaRefused;
-    }
-    // The helper checks the bounds itself: the payload's offset is not a constant the
-    // verifier could follow through a packet pointer.
-    // Two words, not a byte array, which LLVM would clear with a call to memset (a
-    // stack frame the verifier counts); bpfel, so byte 0 is the low byte of word 0.
-    let mut head = [0u64; 2];
-    // SAFETY: copies 1 + SPA_KEY_ID_LEN (9) bytes into the 16 of `head`.
-    let read = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            u32::from(transport.payload_at),
-            head.as_mut_ptr().cast(),
-            (1 + SPA_KEY_ID_LEN) as u32,
-        )
-    };
-    if read != 0 {
-        return Counter::SpaRefused;
-    }
-    let version = head[0] as u8;
-    let key = SpaKeyId {
-        id: ((head[0] >> 8) | (head[1] << 56)).to_le_bytes(),
-    };
-    // SAFETY: only whether the key exists is used.
-    if version != SPA_VERSION || unsafe { XK_SPA_KEYS.get(&key) }.is_none() {
-        return Counter::SpaRefused;
-    }
+    // The budget comes first, so what is refused below costs an event per source
+    // and second at most, like what is handed over.
     let now = now_ns(settings);
     if !within_budget(&packet.src, now) {
         return Counter::SpaShed;
+    }
+    let len = transport.payload_len as usize;
+    if let Err(refusal) = check(ctx, transport) {
+        refused(&packet.src, refusal, transport.dst_port, now);
+        return Counter::SpaRefused;
     }
     let Some(mut entry) = XK_SPA_REQUESTS.reserve(0) else {
         return Counter::SpaLost;
@@ -88,6 +66,60 @@ pub fn request(ctx: &XdpContext, transport: &Transport) -> Counter {
     }
     entry.submit(0);
     Counter::DropSpa
+}
+
+/// Whether a client could have sent the datagram: its size, version and key id.
+#[inline(always)]
+fn check(ctx: &XdpContext, transport: &Transport) -> Result<(), SpaRefusal> {
+    let len = transport.payload_len as usize;
+    if len < 1 + SPA_KEY_ID_LEN || len > SPA_MAX_PAYLOAD {
+        return Err(SpaRefusal::Malformed);
+    }
+    // The helper checks the bounds itself: the payload's offset is not a constant the
+    // verifier could follow through a packet pointer.
+    // Two words, not a byte array, which LLVM would clear with a call to memset (a
+    // stack frame the verifier counts); bpfel, so byte 0 is the low byte of word 0.
+    let mut head = [0u64; 2];
+    // SAFETY: copies 1 + SPA_KEY_ID_LEN (9) bytes into the 16 of `head`.
+    let read = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            u32::from(transport.payload_at),
+            head.as_mut_ptr().cast(),
+            (1 + SPA_KEY_ID_LEN) as u32,
+        )
+    };
+    if read != 0 || head[0] as u8 != SPA_VERSION {
+        return Err(SpaRefusal::Malformed);
+    }
+    let key = SpaKeyId {
+        id: ((head[0] >> 8) | (head[1] << 56)).to_le_bytes(),
+    };
+    // SAFETY: only whether the key exists is used.
+    if unsafe { XK_SPA_KEYS.get(&key) }.is_none() {
+        return Err(SpaRefusal::UnknownKey);
+    }
+    Ok(())
+}
+
+/// The `SpaRefused` event, written in place in the ring: this path's stack has no
+/// room for another copy of an event.
+#[inline(never)]
+fn refused(src: &[u8; 16], refusal: SpaRefusal, port: u16, now: u64) {
+    let Some(mut entry) = XK_EVENTS.reserve(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    entry.write(Event {
+        ts_ns: now,
+        addr: *src,
+        kind: EventKind::SpaRefused as u8,
+        reason: refusal as u8,
+        proto: PROTO_UDP,
+        port,
+        ..Event::default()
+    });
+    entry.submit(0);
 }
 
 const _: () = assert!(SPA_MAX_PAYLOAD.is_power_of_two(), "the copy's length is masked");

@@ -1,5 +1,6 @@
 //! Events as `run` prints them: one per line, human-readable or JSON. Knock, reset,
-//! open and open-failed come from the kernel's ring buffer; close (and open for an
+//! open, open-failed, ban and spa_rejected (for what the kernel refused) come from the
+//! kernel's ring buffer; close (and open for an
 //! `xknock allow` from another shell) come from watching the authorization map; open
 //! for an SPA request and spa_rejected from `run`'s verifier.
 
@@ -10,12 +11,13 @@ use std::{
 };
 
 use anyhow::Result;
-use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceAddr, SourceKey};
+use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceAddr, SourceKey, SpaRefusal};
 use serde::Serialize;
 
 use crate::{
     clock,
     maps::{State, sequence_name, unmapped},
+    spa::Rejection,
 };
 
 /// One output line. Field names are the public contract (SPEC.md, Events).
@@ -221,6 +223,17 @@ impl Events {
                     ev.addr,
                     ev.ts_ns.saturating_add(crate::config::nanos(self.ban_for)),
                 );
+            }
+            EventKind::SpaRefused => {
+                let rejection = if ev.reason == SpaRefusal::UnknownKey as u8 {
+                    Rejection::UnknownKey
+                } else {
+                    Rejection::Malformed
+                };
+                line.event = "spa_rejected";
+                line.sequence = None;
+                line.reason = Some(rejection.reason());
+                line.detail = Some(rejection.to_string());
             }
             EventKind::Close | EventKind::Unban => return None,
         }

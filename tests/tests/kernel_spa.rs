@@ -4,7 +4,9 @@
 
 use std::{path::Path, time::Duration};
 
-use knock_common::{Counter, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, port_rule_index};
+use knock_common::{
+    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, SpaRefusal, port_rule_index,
+};
 use xknock::config::Config;
 use xknock_tests::{
     frame::Frame,
@@ -86,21 +88,39 @@ fn a_request_from_a_known_key_reaches_userspace_whole_and_is_dropped() {
 }
 
 #[test]
-fn what_no_client_could_have_sent_is_refused_in_the_kernel() {
+fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
     let mut h = harness();
     let mut wrong_version = payload(KEY_ID, 60);
     wrong_version[0] = 2;
     let refused = [
-        payload(*b"mallory!", 60),
-        wrong_version,
-        payload(KEY_ID, 8),
-        vec![],
-        payload(KEY_ID, SPA_MAX_PAYLOAD + 1),
+        (payload(*b"mallory!", 60), SpaRefusal::UnknownKey),
+        (wrong_version, SpaRefusal::Malformed),
+        (payload(KEY_ID, 8), SpaRefusal::Malformed),
+        (vec![], SpaRefusal::Malformed),
+        (payload(KEY_ID, SPA_MAX_PAYLOAD + 1), SpaRefusal::Malformed),
     ];
-    for p in &refused {
-        assert_eq!(h.send(&request(A, p)), DROP, "{} bytes", p.len());
+    for (i, (p, reason)) in refused.iter().enumerate() {
+        // Each from its own source: one source's budget (4 a second) covers refusals too.
+        let src = format!("198.18.7.{}", i + 1);
+        assert_eq!(h.send(&request(&src, p)), DROP, "{} bytes", p.len());
+        let events = h.events();
+        assert_eq!(events.len(), 1, "one event for {} bytes", p.len());
+        let e = events[0];
+        assert_eq!(
+            (e.kind, e.reason, e.addr, e.proto, e.port, e.ts_ns),
+            (
+                EventKind::SpaRefused as u8,
+                *reason as u8,
+                mapped(&src),
+                17,
+                SPA_PORT,
+                h.now_ns()
+            ),
+            "the refusal of {} bytes",
+            p.len()
+        );
     }
-    assert!(h.spa_requests().is_empty(), "nothing reaches userspace");
+    assert!(h.spa_requests().is_empty(), "nothing reaches the request ring");
     assert_eq!(h.counter(Counter::SpaRefused), refused.len() as u64);
     // A TCP packet to the same port number is not a request (and nothing protects it).
     assert_eq!(h.send(&Frame::syn(A, SPA_PORT)), PASS);
@@ -127,6 +147,19 @@ fn each_source_gets_a_budget_per_second_and_the_rest_is_shed() {
     h.advance(Duration::from_secs(1));
     h.send(&request(A, &p));
     assert_eq!(h.spa_requests().len(), 1);
+    // What the kernel refuses is counted against the same budget, so a flood of
+    // garbage from one source costs at most 4 events a second.
+    let garbage = payload(*b"mallory!", 80);
+    for _ in 0..SPA_BUDGET + 3 {
+        h.send(&request(B, &garbage));
+    }
+    let refusals = h
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::SpaRefused as u8)
+        .count();
+    assert_eq!(refusals, SPA_BUDGET as usize);
+    assert_eq!(h.counter(Counter::SpaShed), 3 + 3);
 }
 
 #[test]

@@ -137,8 +137,18 @@ fn a_request_opens_for_its_sender_and_forgeries_are_rejected_with_their_reason()
         .filter(|e| e["event"] == "spa_rejected" && e["reason"] == "bad_tag")
         .count();
     assert_eq!(bad_tags, 2, "tampered and wrong key");
+    // What no client could have sent is refused in the kernel, and still an event.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut unknown = vec![1u8; 80];
+    unknown[1..9].copy_from_slice(b"mallory!");
+    send(&ns, server, unknown);
+    let e = rejected(&s, "unknown_key");
+    assert_eq!(e["source"], client.to_string(), "{e}");
+    send(&ns, server, vec![1, 2, 3]);
+    rejected(&s, "malformed");
 
     // A replay is refused, also by the next `run` (the cache is on disk).
+    std::thread::sleep(Duration::from_millis(1100));
     let replayed = sealed(&key, None, SystemTime::now());
     send(&ns, server, replayed.clone());
     send(&ns, server, replayed.clone());
@@ -192,16 +202,17 @@ fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
     let status = s.status();
     let counters = &status["counters"];
     assert!(
-        counters["spa_shed"].as_u64().unwrap_or(0) > 5_000,
-        "the flooder's budget shed its requests: {counters}"
+        counters["spa_shed"].as_u64().unwrap_or(0) > 10_000,
+        "the flooder's budget shed its datagrams: {counters}"
     );
     assert!(
-        counters["spa_refused"].as_u64().unwrap_or(0) > 5_000,
+        counters["spa_refused"].as_u64().unwrap_or(0) >= 1,
         "unknown key ids refused in the kernel: {counters}"
     );
+    // Handed over or refused, the flooder got 4 a second: a rejection event each.
     let rejected = s.events().iter().filter(|e| e["event"] == "spa_rejected").count();
     assert!(
         rejected <= 20,
-        "userspace saw only the flooder's budget ({rejected} rejections)"
+        "only the flooder's budget made events ({rejected} rejections)"
     );
 }

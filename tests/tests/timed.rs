@@ -1,6 +1,7 @@
 //! Time-based sequences end to end: `xknock secret`, `xknock run` rotating the
 //! kernel's tables at period boundaries, `xknock knock --secret` from a client, and a
-//! sniffed sequence that stops opening once its period and grace are over.
+//! sniffed sequence that stops opening once its period and grace are over; IPv4 and
+//! IPv6.
 
 use std::time::{Duration, SystemTime};
 
@@ -88,4 +89,23 @@ fn the_current_knocks_open_and_a_sniffed_sequence_stops_after_its_grace() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.reachable(0, server), "open again with the new period's knocks");
+
+    // IPv6: the same knocks, from the client's IPv6 address, open for that address.
+    let (server6, client6) = (s.hosts.server_v6[0], s.hosts.clients[0].v6);
+    assert!(!s.reachable(0, server6), "closed over IPv6 before its knocks");
+    s.xknock(
+        s.client(0),
+        &[
+            "knock",
+            &server6.to_string(),
+            "--secret",
+            path,
+            "--delay",
+            "20ms",
+            "-6",
+        ],
+    );
+    let open = s.wait_event("open", client6);
+    assert_eq!(open["sequence"], "door", "{open}");
+    assert!(s.reachable(0, server6), "open over IPv6 with the current knocks");
 }
