@@ -451,6 +451,7 @@ impl Counter {
 
 /// Pinned map names: `bpftool map dump pinned PIN_DIR/<name>` shows each.
 pub mod map_names {
+    pub const META: &str = "XK_META";
     pub const SEQUENCES: &str = "XK_SEQUENCES";
     pub const PORT_RULES: &str = "XK_PORT_RULES";
     pub const SETTINGS: &str = "XK_SETTINGS";
@@ -465,10 +466,47 @@ pub mod map_names {
     pub const SPA_KEYS: &str = "XK_SPA_KEYS";
     pub const SPA_BUDGETS: &str = "XK_SPA_BUDGETS";
     pub const SPA_REQUESTS: &str = "XK_SPA_REQUESTS";
+
+    /// Every map, in the order a check reports them.
+    pub const ALL: [&str; 15] = [
+        META,
+        SEQUENCES,
+        PORT_RULES,
+        SETTINGS,
+        PROGRESS,
+        AUTHORIZED,
+        FLOWS,
+        COUNTERS,
+        EVENTS,
+        BANS,
+        ACCESS,
+        AUTH_HINT,
+        SPA_KEYS,
+        SPA_BUDGETS,
+        SPA_REQUESTS,
+    ];
+}
+
+/// The layout of the pinned maps: every key and value type above, their sizes and
+/// meanings. Bump it with any change to them: a `run` adopts pinned maps only of its
+/// own layout (`layout_snapshot` in the tests fails until it is bumped).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Entry 0 of XK_META: what the pinned maps are. Written by the loader that created
+/// them. Its own layout never changes: it is how the others' are told apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the xknock that created the maps (0: not yet written).
+    pub layout: u32,
+    pub _pad: u32,
+    /// That xknock's version, NUL-padded.
+    pub created_by: [u8; 24],
 }
 
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<Meta>() == 32);
     assert!(size_of::<PortProto>() == 4);
     assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN);
     assert!(size_of::<PortRule>() == 4);
@@ -492,6 +530,7 @@ mod user {
     use super::*;
     // SAFETY: all of these are #[repr(C)] plain data with no padding the compiler adds
     // (bytemuck's Pod derive checks that) and every bit pattern is valid.
+    unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for PortProto {}
     unsafe impl aya::Pod for SequenceConfig {}
     unsafe impl aya::Pod for PortRule {}

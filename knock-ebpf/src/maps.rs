@@ -8,9 +8,14 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES,
-    PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SequenceConfig, Settings, SourceAddr, SourceKey,
+    Meta, PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SequenceConfig, Settings, SourceAddr, SourceKey,
     SpaBudget, SpaKeyId, SpaRequest,
 };
+
+/// What the pinned maps are (layout version, creator) in entry 0. Written by the
+/// loader; never read here.
+#[btf_map(pin_by_name)]
+pub static XK_META: Array<Meta, 1> = Array::new();
 
 /// The configured sequences, by index. Written by the loader; read per knock.
 #[btf_map(pin_by_name)]

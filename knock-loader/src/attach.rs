@@ -21,6 +21,7 @@ use crate::{
     EBPF_OBJECT, PROGRAM_NAME,
     config::{Limits, XdpMode},
     hint,
+    pins::{self, Pinned},
 };
 
 /// bpffs's magic number (statfs f_type).
@@ -47,15 +48,21 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `pin_dir` already holds xknock's maps (left by a crashed `run`).
-pub fn has_pins(pin_dir: &Path) -> bool {
-    pin_dir.join(map_names::SEQUENCES).exists()
-}
-
 /// Loads the program into the kernel with every map pinned under `pin_dir`; maps
-/// already pinned there are reused, with their contents.
-pub fn load(pin_dir: &Path, limits: &Limits) -> Result<Ebpf> {
+/// already pinned there (by an earlier `run`, or another version of xknock with the
+/// same layout) are adopted, with their contents. Refuses, before anything is
+/// loaded, maps it cannot adopt, and pinned state another `run` is using.
+pub fn load(pin_dir: &Path, limits: &Limits) -> Result<(Ebpf, Pinned)> {
     ensure_bpffs(pin_dir)?;
+    if let Some(pid) = pins::users(pin_dir)?.first() {
+        bail!(
+            "xknock run (pid {pid}) is already using {}: stop it first (SIGTERM; with \
+             --keep-attached its filter stays until this run takes over), or choose another \
+             --pin-dir",
+            pin_dir.display()
+        );
+    }
+    let pinned = pins::check(pin_dir)?;
     fs::create_dir_all(pin_dir)
         .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
     let mut ebpf = EbpfLoader::new()
@@ -69,15 +76,19 @@ pub fn load(pin_dir: &Path, limits: &Limits) -> Result<Ebpf> {
         .with_context(|| {
             format!(
                 "cannot load the eBPF object (needs root or CAP_BPF, and a kernel with BTF); \
-                 if {} holds maps of an older xknock or of other [limits], remove them \
-                 (their state is lost) or restore the old limits",
+                 a pinned map that does not fit comes from other [limits] (restore them, or \
+                 `xknock down --pin-dir {}` to start over, losing authorizations and \
+                 progress)",
                 pin_dir.display()
             )
         })?;
+    if pinned == Pinned::Nothing {
+        pins::write_meta(&mut ebpf)?;
+    }
     program(&mut ebpf)?
         .load()
         .context("the kernel's verifier refused the XDP program")?;
-    Ok(ebpf)
+    Ok((ebpf, pinned))
 }
 
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -108,9 +119,12 @@ pub fn attach(xdp: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(XdpLinkId, &
     }
 }
 
+/// The program's pin, in the pin directory.
+pub const PROGRAM_PIN: &str = "xknock_prog";
+
 /// Where the program is pinned.
 pub fn program_pin(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("xknock_prog")
+    pin_dir.join(PROGRAM_PIN)
 }
 
 /// Where the link to `iface` is pinned.
@@ -161,13 +175,4 @@ pub fn pin_program(xdp: &mut Xdp, pin_dir: &Path) -> Result<()> {
     }
     xdp.pin(&path)
         .with_context(|| format!("cannot pin the program at {}", path.display()))
-}
-
-/// Detaches: unpins the links (dropping them detaches the program) and the program.
-/// The maps stay pinned for the next `run`.
-pub fn detach(xdp: &mut Xdp, links: Vec<PinnedLink>) -> Result<()> {
-    for link in links {
-        drop(link.unpin().context("cannot unpin a link")?);
-    }
-    xdp.unpin().context("cannot unpin the program")
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::{
     clock,
     maps::{State, sequence_name, unmapped},
+    reconcile::Dropped,
     spa::Rejection,
 };
 
@@ -165,6 +166,14 @@ impl Events {
         let mut l = self.line(SystemTime::now(), "open_failed", key.addr, key.seq);
         l.reason = Some("authorization map full");
         l.detail = Some(detail);
+        l
+    }
+
+    /// `close` for an authorization whose sequence a new config no longer has.
+    pub fn removed(&self, dropped: &Dropped) -> EventLine {
+        let mut l = self.line(SystemTime::now(), "close", dropped.key.addr, dropped.key.seq);
+        l.sequence = Some(dropped.sequence.clone());
+        l.reason = Some("removed");
         l
     }
 

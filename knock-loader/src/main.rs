@@ -6,13 +6,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use xknock::{
     client::{self, Family},
     config::{Config, DEFAULT_CONFIG, DEFAULT_PIN_DIR, Knock, XdpMode, is_plain_name},
     maps::State,
-    run,
+    pins,
+    run::{self, RunOptions},
     spa::{self, Access, ClientKey, Key, KeyId},
     status::Status,
     timed::TimedSecret,
@@ -33,9 +34,13 @@ enum Command {
     ///
     /// Needs root (CAP_BPF and CAP_NET_ADMIN). The program, its link to each interface
     /// and its maps are pinned under the pin directory: if `run` dies, filtering goes
-    /// on, and the next `run` adopts the pinned state (authorizations, progress) and
-    /// swaps its program in without a gap. SIGINT/SIGTERM detach; the maps stay pinned
-    /// for the next `run` (remove the directory to forget them).
+    /// on, and the next `run` (also of a newer xknock whose maps have the same layout)
+    /// adopts the pinned state (authorizations, progress) and swaps its program in
+    /// without a gap. SIGHUP (or `xknock reload`) re-reads the config: invalid, it is
+    /// refused and the running one stays. An interface that is missing, or deleted and
+    /// created again, is attached when it appears. SIGINT/SIGTERM detach (unless
+    /// --keep-attached); the maps stay pinned for the next `run` (`xknock down`
+    /// removes them).
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -53,6 +58,29 @@ enum Command {
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
+        /// On SIGINT/SIGTERM, exit leaving the filter attached (as after a crash):
+        /// knocks and authorizations keep working, the next `run` takes over without
+        /// a gap, `xknock down` removes it. For service managers and upgrades.
+        #[arg(long)]
+        keep_attached: bool,
+    },
+    /// Ask the running `xknock run` to re-read its config (sends it SIGHUP).
+    ///
+    /// `run` logs whether the new config took; an invalid one is refused whole and
+    /// the running one stays in force. `xknock check` tells beforehand.
+    Reload {
+        /// Where `run` pinned the maps (how it is found).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Remove the filter for good: the links (so nothing filters any more), the
+    /// program and the pinned maps with every authorization and progress.
+    ///
+    /// Refused while an `xknock run` uses them: stop it first.
+    Down {
+        /// Where `run` pinned the maps.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Show sequences, sources in progress, authorized sources and counters.
     Status {
@@ -249,18 +277,39 @@ fn real_main() -> Result<()> {
             pin_dir,
             xdp_mode,
             json,
-        } => {
-            let mut cfg = Config::load(&config)?;
-            if !ifaces.is_empty() {
-                cfg.interfaces = ifaces;
+            keep_attached,
+        } => run::run(RunOptions {
+            config,
+            ifaces,
+            pin_dir,
+            xdp_mode,
+            json,
+            keep_attached,
+        }),
+        Command::Reload { pin_dir } => {
+            let pids = pins::users(&pin_dir)?;
+            if pids.is_empty() {
+                bail!("no xknock run is using {}", pin_dir.display());
             }
-            if let Some(dir) = pin_dir {
-                cfg.pin_dir = dir;
+            for pid in pids {
+                // SAFETY: a plain signal to a process we found holding our program.
+                if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("cannot signal pid {pid}"));
+                }
+                println!("asked xknock run (pid {pid}) to reload; it logs the outcome");
             }
-            if let Some(mode) = xdp_mode {
-                cfg.xdp_mode = mode;
+            Ok(())
+        }
+        Command::Down { pin_dir } => {
+            let removed = pins::down(&pin_dir)?;
+            if removed.is_empty() {
+                println!("nothing of xknock's pinned in {}", pin_dir.display());
             }
-            run::run(cfg, json)
+            for path in removed {
+                println!("removed {}", path.display());
+            }
+            Ok(())
         }
         Command::Status { pin_dir, json } => {
             let status = Status::read(&State::from_pins(&pin_dir)?)?;

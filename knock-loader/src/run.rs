@@ -1,6 +1,10 @@
-//! `xknock run`: load, configure, attach, print events, detach on SIGINT/SIGTERM.
+//! `xknock run`: load (adopting pinned state), configure, attach, print events;
+//! reload on SIGHUP; on SIGINT/SIGTERM detach, or leave the filter in place.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -12,10 +16,12 @@ use tokio::{
 
 use crate::{
     attach,
-    config::Config,
+    config::{Config, XdpMode},
     events::{EventLine, Events},
+    ifaces::Interfaces,
     maps::State,
     onetime,
+    pins::Pinned,
     spa::{self, Verifier},
 };
 
@@ -23,24 +29,49 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often time-based sequences are checked for a new period or the end of a grace.
 const ROTATE_EVERY: Duration = Duration::from_millis(200);
+/// How often interfaces are checked for appearing, or coming back under a new index.
+const FOLLOW_IFACES_EVERY: Duration = Duration::from_secs(1);
 
-pub fn run(config: Config, json: bool) -> Result<()> {
-    if config.interfaces.is_empty() {
-        bail!("no interface: give --iface IFACE or set interface in the config");
-    }
-    // Checked before anything is loaded or pinned.
-    for iface in &config.interfaces {
-        let name =
-            std::ffi::CString::new(iface.as_str()).with_context(|| format!("interface name {iface:?}"))?;
-        // SAFETY: a NUL-terminated name; the call only reads it.
-        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-            bail!("no network interface named {iface:?} (see `ip link`)");
+/// `run`'s command line: the config file and what overrides it.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Replace the config's `interface` when not empty.
+    pub ifaces: Vec<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+    pub json: bool,
+    /// On SIGINT/SIGTERM, leave program, links and maps pinned: filtering goes on
+    /// until the next `run` adopts them or `xknock down` removes them.
+    pub keep_attached: bool,
+}
+
+impl RunOptions {
+    /// Reads and validates the config file, with the command line's overrides.
+    pub fn load(&self) -> Result<Config> {
+        let mut config = Config::load(&self.config)?;
+        if !self.ifaces.is_empty() {
+            config.interfaces = self.ifaces.clone();
         }
+        if let Some(dir) = &self.pin_dir {
+            config.pin_dir = dir.clone();
+        }
+        if let Some(mode) = self.xdp_mode {
+            config.xdp_mode = mode;
+        }
+        if config.interfaces.is_empty() {
+            bail!("no interface: give --iface IFACE or set interface in the config");
+        }
+        Ok(config)
     }
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    let config = opts.load()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(config, json))
+    runtime.block_on(run_async(opts, config))
 }
 
 fn say(line: &str) {
@@ -62,18 +93,25 @@ fn watch(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<aya::maps::
         .with_context(|| format!("cannot watch the ring buffer {name}"))
 }
 
-async fn run_async(mut config: Config, json: bool) -> Result<()> {
+/// What a reload replaces: the config and everything built from it.
+struct Live {
+    config: Config,
+    verifier: Option<Verifier>,
+    events: Events,
+}
+
+async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     // Before anything is loaded: an unreadable replay cache stops here.
-    let mut verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
-    let adopted = attach::has_pins(&config.pin_dir);
-    let mut ebpf = attach::load(&config.pin_dir, &config.limits)?;
+    let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    let (mut ebpf, pinned) = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
-    state
-        .apply(&config)
+    let dropped = state
+        .apply_keeping(&config)
         .context("cannot write the configuration into the maps")?;
-    if adopted {
+    if let Pinned::Adoptable { created_by } = &pinned {
         log::info!(
-            "adopted the state pinned in {}: {} authorization(s), {} source(s) in progress",
+            "adopted the state pinned in {} (created by xknock {created_by}): {} authorization(s), \
+             {} source(s) in progress",
             config.pin_dir.display(),
             state.authorized.keys().count(),
             state.progress.keys().count()
@@ -85,30 +123,26 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
 
     let xdp = attach::program(&mut ebpf)?;
     attach::pin_program(xdp, &config.pin_dir)?;
-    let mut links = Vec::new();
-    for iface in &config.interfaces {
-        match attach::attach_pinned(xdp, &config.pin_dir, iface, config.xdp_mode) {
-            Ok((link, how)) => {
-                log::info!("{iface}: {how}; pins in {}", config.pin_dir.display());
-                links.push(link);
-            }
-            Err(e) => {
-                // Nothing half-applied: undo the interfaces already attached.
-                let _ = attach::detach(xdp, links);
-                return Err(e);
-            }
-        }
-    }
+    let mut ifaces = Interfaces::attach(xdp, &config.pin_dir, config.xdp_mode, &config.interfaces)?;
 
-    let mut events = Events::new(&state)?;
+    let events = Events::new(&state)?;
+    let print = |line: EventLine| say(&line.render(opts.json));
+    for d in &dropped {
+        print(events.removed(d));
+    }
+    let mut live = Live {
+        config,
+        verifier,
+        events,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    let timed = config.sequences.iter().any(|s| s.timed.is_some());
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
+    let mut follow = tokio::time::interval(FOLLOW_IFACES_EVERY);
     // Empty: the first tick rewrites them, in case a period ended since `apply`.
     let mut slots = vec![];
-    let print = |line: EventLine| say(&line.render(json));
     // Prints the kernel's events; returns the sequences that opened.
     let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<Vec<u8>> {
         let now = state.now_ns()?;
@@ -126,23 +160,24 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
         Ok(opened)
     };
     loop {
+        let timed = live.config.sequences.iter().any(|s| s.timed.is_some());
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let opened = drain(guard.get_inner_mut(), &mut events, &state)?;
-                next_one_time(&mut config, &mut state, &opened)?;
+                let opened = drain(guard.get_inner_mut(), &mut live.events, &state)?;
+                next_one_time(&mut live.config, &mut state, &opened)?;
                 guard.clear_ready();
             }
-            guard = spa_ring.readable_mut(), if verifier.is_some() => {
+            guard = spa_ring.readable_mut(), if live.verifier.is_some() => {
                 let mut guard = guard?;
-                if let Some(verifier) = verifier.as_mut() {
-                    // Kernel events first, so that its knocks print before an open.
-                    let opened = drain(ring.get_mut(), &mut events, &state)?;
-                    next_one_time(&mut config, &mut state, &opened)?;
+                // Kernel events first, so that its knocks print before an open.
+                let opened = drain(ring.get_mut(), &mut live.events, &state)?;
+                next_one_time(&mut live.config, &mut state, &opened)?;
+                if let Some(verifier) = live.verifier.as_mut() {
                     let requests = guard.get_inner_mut();
                     while let Some(item) = requests.next() {
                         if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
-                            for line in spa::serve(&request, verifier, &mut state, &mut events) {
+                            for line in spa::serve(&request, verifier, &mut state, &mut live.events) {
                                 print(line);
                             }
                         }
@@ -154,10 +189,10 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
                 // Only the time-based sequences' slots change; progress and
                 // authorizations are left alone.
                 let now = SystemTime::now();
-                let next = config.kernel_slots(now);
+                let next = live.config.kernel_slots(now);
                 if next != slots {
                     state
-                        .apply_sequences(&config, now)
+                        .apply_sequences(&live.config, now)
                         .context("cannot rewrite the time-based sequences")?;
                     log::debug!("time-based sequences: new knocks or the end of a grace");
                     slots = next;
@@ -166,18 +201,91 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not
                 // mistaken for one added by `xknock allow`.
-                let opened = drain(ring.get_mut(), &mut events, &state)?;
-                next_one_time(&mut config, &mut state, &opened)?;
-                for line in events.sweep(&mut state)? {
+                let opened = drain(ring.get_mut(), &mut live.events, &state)?;
+                next_one_time(&mut live.config, &mut state, &opened)?;
+                for line in live.events.sweep(&mut state)? {
                     print(line);
+                }
+            }
+            _ = follow.tick() => ifaces.sync(attach::program(&mut ebpf)?),
+            _ = sighup.recv() => {
+                // Events so far belong to the old sequence names.
+                drain(ring.get_mut(), &mut live.events, &state)?;
+                let xdp = attach::program(&mut ebpf)?;
+                match reload(&opts, &mut live, &mut state, &mut ifaces, xdp) {
+                    Ok(dropped) => {
+                        for d in &dropped {
+                            print(live.events.removed(d));
+                        }
+                        slots = vec![];
+                    }
+                    Err(e) => log::error!("reload refused, the running config stays in force: {e:#}"),
                 }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
-    log::info!("detaching; the maps stay pinned in {}", config.pin_dir.display());
-    attach::detach(attach::program(&mut ebpf)?, links)
+    if opts.keep_attached {
+        log::info!(
+            "exiting with the filter attached to {}: knocks keep working; the next `run` adopts \
+             it, `xknock down --pin-dir {}` removes it",
+            ifaces.attached().join(", "),
+            live.config.pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "detaching; the maps stay pinned in {}",
+            live.config.pin_dir.display()
+        );
+        ifaces.detach(attach::program(&mut ebpf)?);
+    }
+    Ok(())
+}
+
+/// Re-reads the config file and, if all of it is valid, puts it in force: sequences
+/// (authorizations follow their sequence by name; those of removed sequences are
+/// returned), lists, SPA clients, interfaces. Refused whole otherwise.
+fn reload(
+    opts: &RunOptions,
+    live: &mut Live,
+    state: &mut State,
+    ifaces: &mut Interfaces,
+    xdp: &mut aya::programs::Xdp,
+) -> Result<Vec<crate::reconcile::Dropped>> {
+    let config = opts
+        .load()
+        .with_context(|| format!("cannot reload {}", opts.config.display()))?;
+    if config.pin_dir != live.config.pin_dir {
+        bail!(
+            "pin_dir changed ({} to {}): the state cannot move while `run` runs; restart it",
+            live.config.pin_dir.display(),
+            config.pin_dir.display()
+        );
+    }
+    if config.limits != live.config.limits {
+        bail!(
+            "[limits] changed: the maps keep the sizes they were created with (to resize them, \
+             stop `run`, `xknock down`, which loses authorizations and progress, and start again)"
+        );
+    }
+    let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    let dropped = state
+        .apply_keeping(&config)
+        .context("cannot write the new configuration into the maps")?;
+    if let Err(e) = ifaces.set(xdp, &config.interfaces) {
+        log::error!("reload: {e:#}");
+    }
+    log::info!(
+        "reloaded {}: {} sequence(s); {} authorization(s) of removed sequences dropped",
+        opts.config.display(),
+        config.sequences.len(),
+        dropped.len()
+    );
+    live.events = Events::new(state)?;
+    live.config = config;
+    live.verifier = verifier;
+    Ok(dropped)
 }
 
 /// For each one-time sequence among `opened`: marks its line used in its file and

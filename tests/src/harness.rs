@@ -79,7 +79,7 @@ impl Harness {
     pub fn with_config(toml: &str) -> Harness {
         let fs = BpfFs::new();
         let config = Config::parse(Path::new("test.toml"), toml).expect("test config is valid");
-        let mut ebpf = attach::load(&fs.pin_dir(), &config.limits).expect("load the XDP program");
+        let (mut ebpf, _) = attach::load(&fs.pin_dir(), &config.limits).expect("load the XDP program");
         let mut state = State::from_ebpf(&mut ebpf).expect("maps");
         state.apply(&config).expect("apply config");
         state.set_test_clock(Some(START)).expect("freeze the clock");

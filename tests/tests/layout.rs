@@ -1,0 +1,68 @@
+//! The pinned maps' layout is versioned (`LAYOUT_VERSION`): a `run` adopts pinned
+//! maps only of its own layout. This fails when a shared type changes without the
+//! version changing, so that a new xknock never misreads an older one's maps.
+
+use std::mem::{offset_of, size_of};
+
+use knock_common::*;
+
+/// Every shared type's size, and each field's name and offset.
+macro_rules! describe {
+    ($($t:ident { $($f:ident),* })*) => {{
+        let mut s = String::new();
+        $(
+            s += &format!("{} {}:", stringify!($t), size_of::<$t>());
+            $( s += &format!(" {}@{}", stringify!($f), offset_of!($t, $f)); )*
+            s += "\n";
+        )*
+        s
+    }};
+}
+
+/// FNV-1a, 64 bits: short enough to record below.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The layout version and the fingerprint of the types it stands for.
+const RECORDED: (u32, u64) = (1, 0xbdd0_73fe_7c7b_3e6f);
+
+#[test]
+fn layout_snapshot() {
+    let text = describe! {
+        Meta { layout, _pad, created_by }
+        SequenceConfig { step_timeout_ns, sequence_timeout_ns, open_for_ns, idle_timeout_ns, knocks,
+            protect, n_knocks, n_protect, flags, tcp_flags_set, tcp_flags_clear, _pad, name }
+        PortProto { port, proto, _pad }
+        PortRule { knock_mask, protect_mask, strict_mask, flags }
+        Settings { test_now_ns, ban_window_ns, ban_for_ns, ban_failures, auth_hint_shift,
+            access_rules, _pad, spa_port, _pad2 }
+        SourceAddr { addr }
+        SourceKey { addr, seq, _pad }
+        Progress { first_ns, last_ns, step, _pad }
+        Authorization { expires_ns, opened_ns }
+        Ban { window_start_ns, until_ns, failures, _pad }
+        FlowKey { addr, src_port, dst_port, proto, _pad }
+        Flow { last_ns, idle_timeout_ns }
+        Event { ts_ns, addr, kind, seq, step, of, reason, proto, port }
+        SpaKeyId { id }
+        SpaBudget { window_start_ns, requests, _pad }
+        SpaRequest { ts_ns, addr, len, _pad, payload }
+    };
+    // What the values mean counts too: counter slots and array sizes.
+    let text = format!(
+        "{text}COUNTERS {COUNTERS} MAX_SEQUENCES {MAX_SEQUENCES} PORT_RULE_ENTRIES {PORT_RULE_ENTRIES}\n"
+    );
+    let now = (LAYOUT_VERSION, fingerprint(&text));
+    assert_eq!(
+        now,
+        RECORDED,
+        "the shared types are not what LAYOUT_VERSION {} was recorded for. If they changed, \
+         bump LAYOUT_VERSION in knock-common and record ({}, {:#x}) here.\n{text}",
+        RECORDED.0,
+        LAYOUT_VERSION + u32::from(LAYOUT_VERSION == RECORDED.0),
+        now.1
+    );
+}
