@@ -44,54 +44,66 @@ impl Hosts {
             children: vec![],
         };
         sh(&["ip", "-n", &server, "link", "set", "lo", "up"]);
-        for i in 0..n_clients {
-            let ns = unique("xkcli");
-            sh(&["ip", "netns", "add", &ns]);
-            let srv_if = unique("xks");
-            let cli_if = unique("xkc");
-            sh(&[
-                "ip", "link", "add", &srv_if, "netns", &server, "type", "veth", "peer", "name", &cli_if,
-                "netns", &ns,
-            ]);
-            let (sv4, cv4) = (format!("198.18.{}.1", i + 1), format!("198.18.{}.2", i + 1));
-            let (sv6, cv6) = (format!("fd00:{}::1", i + 1), format!("fd00:{}::2", i + 1));
-            for (n, dev, v4, v6) in [(&server, &srv_if, &sv4, &sv6), (&ns, &cli_if, &cv4, &cv6)] {
-                sh(&["ip", "-n", n, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-                sh(&[
-                    "ip",
-                    "-n",
-                    n,
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-                sh(&["ip", "-n", n, "link", "set", dev, "up"]);
-                sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-            }
-            hosts.server_ifaces.push(srv_if);
-            hosts.server_v4.push(sv4.parse().expect("v4"));
-            hosts.server_v6.push(sv6.parse().expect("v6"));
-            hosts.clients.push(Client {
-                ns,
-                v4: cv4.parse().expect("v4"),
-                v6: cv6.parse().expect("v6"),
-            });
+        for _ in 0..n_clients {
+            hosts.add_client(&unique("xks"));
         }
         hosts
+    }
+
+    /// Adds client `clients.len()`: its namespace, and a veth pair whose server end
+    /// is named `srv_if` (so a test can name it before it exists).
+    pub fn add_client(&mut self, srv_if: &str) {
+        let i = self.clients.len();
+        let server = self.server.clone();
+        let ns = unique("xkcli");
+        sh(&["ip", "netns", "add", &ns]);
+        let cli_if = unique("xkc");
+        sh(&[
+            "ip", "link", "add", srv_if, "netns", &server, "type", "veth", "peer", "name", &cli_if, "netns",
+            &ns,
+        ]);
+        let (sv4, cv4) = (format!("198.18.{}.1", i + 1), format!("198.18.{}.2", i + 1));
+        let (sv6, cv6) = (format!("fd00:{}::1", i + 1), format!("fd00:{}::2", i + 1));
+        for (n, dev, v4, v6) in [(&server, srv_if, &sv4, &sv6), (&ns, cli_if.as_str(), &cv4, &cv6)] {
+            sh(&["ip", "-n", n, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            sh(&["ip", "-n", n, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        self.server_ifaces.push(srv_if.to_owned());
+        self.server_v4.push(sv4.parse().expect("v4"));
+        self.server_v6.push(sv6.parse().expect("v6"));
+        self.clients.push(Client {
+            ns,
+            v4: cv4.parse().expect("v4"),
+            v6: cv6.parse().expect("v6"),
+        });
     }
 
     /// Starts `args` inside namespace `ns` (network namespace only, so the mounts of
     /// this process, like a private bpffs, stay visible). Killed on drop.
     pub fn spawn_in(&mut self, ns: &str, args: &[&str], stdout: Stdio) -> &mut Child {
+        self.spawn_logged(ns, args, stdout, Stdio::inherit())
+    }
+
+    /// `spawn_in`, with its standard error going to `stderr`.
+    pub fn spawn_logged(&mut self, ns: &str, args: &[&str], stdout: Stdio, stderr: Stdio) -> &mut Child {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg("--")
             .args(args)
             .stdout(stdout)
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?} in {ns}: {e}"));
         self.children.push(child);

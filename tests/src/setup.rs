@@ -27,6 +27,8 @@ pub struct Setup {
     pub fs: BpfFs,
     pub dir: PathBuf,
     pub events: PathBuf,
+    /// More arguments for every `xknock run` this setup starts.
+    pub run_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -43,6 +45,11 @@ impl Setup {
     /// Like `new`, with `extra` TOML appended to the sequence (more keys of it, or
     /// further tables such as `[ban]`).
     pub fn with_config(extra: &str) -> Setup {
+        Self::with_run_args(extra, &[])
+    }
+
+    /// Like `with_config`, with more arguments for `xknock run`.
+    pub fn with_run_args(extra: &str, run_args: &[&str]) -> Setup {
         let mut hosts = Hosts::new(2);
         let fs = BpfFs::new();
         let dir = std::env::temp_dir().join(unique("xknock-e2e-"));
@@ -59,6 +66,7 @@ impl Setup {
             fs,
             dir,
             events,
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
         };
         setup.start_run("events.jsonl");
         setup.wait_attached();
@@ -66,10 +74,12 @@ impl Setup {
     }
 
     /// Starts `xknock run --json` on every server interface, its events going to
-    /// `file` in the test's directory (which becomes the file `events()` reads).
+    /// `file` in the test's directory (which becomes the file `events()` reads) and
+    /// its log to `file` + ".log".
     pub fn start_run(&mut self, file: &str) {
         self.events = self.dir.join(file);
         let out = fs::File::create(&self.events).expect("events file");
+        let log = fs::File::create(self.log_path()).expect("log file");
         let (bin, config, pin_dir) = (xknock_bin(), self.dir.join("xknock.toml"), self.fs.pin_dir());
         let mut args = vec![bin.to_str().expect("utf-8"), "run", "--json"];
         args.extend([
@@ -82,8 +92,35 @@ impl Setup {
         for iface in &ifaces {
             args.extend(["--iface", iface.as_str()]);
         }
+        let run_args = self.run_args.clone();
+        args.extend(run_args.iter().map(String::as_str));
         let server = self.hosts.server.clone();
-        self.hosts.spawn_in(&server, &args, Stdio::from(out));
+        self.hosts
+            .spawn_logged(&server, &args, Stdio::from(out), Stdio::from(log));
+    }
+
+    fn log_path(&self) -> PathBuf {
+        let mut name = self.events.clone().into_os_string();
+        name.push(".log");
+        name.into()
+    }
+
+    /// What the current `run` logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the current `run` logged a line containing `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "run did not log {text:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops `run` with SIGTERM (it detaches) and starts a new one, its events going
@@ -114,6 +151,37 @@ impl Setup {
                 return;
             }
             assert!(Instant::now() < deadline, "xknock run did not attach within 20s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The id of the XDP program on server interface `i`, if one is attached.
+    pub fn prog_id(&self, i: usize) -> Option<String> {
+        let dev = &self.hosts.server_ifaces[i];
+        let link = self
+            .hosts
+            .run_in(&self.hosts.server, &["ip", "link", "show", "dev", dev])
+            .1;
+        link.split("prog/xdp id ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
+    /// Waits until server interface `i` runs a program other than `old` (None: any).
+    pub fn wait_prog_change(&self, i: usize, old: Option<&str>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.prog_id(i) {
+                Some(id) if old != Some(id.as_str()) => return id,
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new program on {} within 20s; run's log:\n{}",
+                self.hosts.server_ifaces[i],
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

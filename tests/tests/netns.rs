@@ -2,7 +2,7 @@
 //! OpenSSH's sshd, with client namespaces knocking through `xknock knock`, knockd's
 //! `knock` and `nmap`, and connecting with real TCP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xknock_tests::{
     netns::{ssh_banner, ssh_exchange},
@@ -196,20 +196,7 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
     let other_server = s.hosts.server_v4[1];
     s.xknock(s.client(1), &["knock", &other_server.to_string(), "7000"]);
 
-    let prog_id = |s: &Setup| {
-        let link = s
-            .hosts
-            .run_in(
-                &s.hosts.server,
-                &["ip", "link", "show", "dev", &s.hosts.server_ifaces[0]],
-            )
-            .1;
-        link.split("prog/xdp id ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-    };
-    let first_prog = prog_id(&s).expect("program attached");
+    let first_prog = s.prog_id(0).expect("program attached");
     let pid = s.hosts.last_child_pid();
     // SAFETY: signalling a child we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -231,14 +218,8 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
 
     // A new run adopts the pins: same maps, the program swapped behind the same link.
     s.start_run("second.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while prog_id(&s).as_ref() == Some(&first_prog) {
-        assert!(
-            Instant::now() < deadline,
-            "the second run did not replace the program"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.wait_prog_change(0, Some(&first_prog));
+    s.wait_log("adopted the state pinned");
     let st: serde_json::Value = s.status();
     assert_eq!(
         st["in_progress"][0]["source"],
