@@ -1,10 +1,11 @@
 //! xknock's userspace: loading and attaching the XDP program, the configuration, the
-//! maps it shares with the kernel, its events, the knock client, and Single Packet
-//! Authorization (`spa`).
+//! maps it shares with the kernel, its events, the knock client, Single Packet
+//! Authorization (`spa`), and the commands run on open and close (`commands`).
 
 pub mod attach;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod events;
 pub mod hint;

@@ -36,6 +36,10 @@ enum Command {
     /// on, and the next `run` adopts the pinned state (authorizations, progress) and
     /// swaps its program in without a gap. SIGINT/SIGTERM detach; the maps stay pinned
     /// for the next `run` (remove the directory to forget them).
+    ///
+    /// A sequence's on_open and on_close commands run on its open and close events,
+    /// without a shell, at most [commands] max_running at once, each killed after
+    /// [commands] timeout; their output and exit status go to the log (stderr).
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -362,6 +366,24 @@ fn real_main() -> Result<()> {
                     knocks.join(" "),
                     protect.join(" "),
                     xknock::clock::human(s.open_for)
+                );
+                for (key, template) in [("on_open", &s.on_open), ("on_close", &s.on_close)] {
+                    if let Some(t) = template {
+                        println!("    {key}: {t}");
+                    }
+                }
+            }
+            if cfg
+                .sequences
+                .iter()
+                .any(|s| s.on_open.is_some() || s.on_close.is_some())
+            {
+                let c = cfg.commands;
+                println!(
+                    "  commands: at most {} at once and {} queued, each killed after {}",
+                    c.max_running,
+                    c.max_queued,
+                    xknock::clock::human(c.timeout)
                 );
             }
             if let Some(spa) = &cfg.spa {

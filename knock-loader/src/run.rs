@@ -12,6 +12,7 @@ use tokio::{
 
 use crate::{
     attach,
+    commands::Commands,
     config::Config,
     events::{EventLine, Events},
     maps::State,
@@ -48,6 +49,21 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Where every event goes, whatever noticed it (the kernel, the SPA verifier, the
+/// sweep of the authorization map): printed, and then, for an `open` or `close`, its
+/// sequence's command started or queued (never waited for).
+struct Output {
+    json: bool,
+    commands: Commands,
+}
+
+impl Output {
+    fn emit(&self, line: EventLine) {
+        say(&line.render(self.json));
+        self.commands.event(&line);
+    }
 }
 
 /// Registers ring buffer `name` with the runtime, to await its records.
@@ -108,7 +124,11 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     // Empty: the first tick rewrites them, in case a period ended since `apply`.
     let mut slots = vec![];
-    let print = |line: EventLine| say(&line.render(json));
+    let output = Output {
+        json,
+        commands: Commands::new(&config),
+    };
+    let print = |line: EventLine| output.emit(line);
     // Prints the kernel's events; returns the sequences that opened.
     let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<Vec<u8>> {
         let now = state.now_ns()?;
@@ -176,6 +196,7 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    output.commands.shutdown();
     log::info!("detaching; the maps stay pinned in {}", config.pin_dir.display());
     attach::detach(attach::program(&mut ebpf)?, links)
 }
