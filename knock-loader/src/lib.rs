@@ -1,6 +1,7 @@
 //! xknock's userspace: loading and attaching the XDP program, the configuration, the
 //! maps it shares with the kernel, its events, the knock client, Single Packet
-//! Authorization (`spa`), and the commands run on open and close (`commands`).
+//! Authorization (`spa`), the commands run on open and close (`commands`), and the
+//! metrics `run` serves (`metrics`).
 
 pub mod attach;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod hint;
 pub mod maps;
+pub mod metrics;
 pub mod onetime;
 pub mod run;
 pub mod spa;

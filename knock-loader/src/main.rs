@@ -57,6 +57,12 @@ enum Command {
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics: the kernel's counters,
+        /// sources in progress, authorizations, bans, the tracking maps' entries and
+        /// capacity, and the on_open/on_close commands' results. ADDR is PORT (on
+        /// 127.0.0.1) or IP:PORT, e.g. 9464, 198.18.0.1:9464 or [::1]:9464.
+        #[arg(long, value_name = "ADDR", value_parser = xknock::metrics::parse_addr)]
+        metrics: Option<SocketAddr>,
     },
     /// Show sequences, sources in progress, authorized sources and counters.
     Status {
@@ -253,6 +259,7 @@ fn real_main() -> Result<()> {
             pin_dir,
             xdp_mode,
             json,
+            metrics,
         } => {
             let mut cfg = Config::load(&config)?;
             if !ifaces.is_empty() {
@@ -264,7 +271,7 @@ fn real_main() -> Result<()> {
             if let Some(mode) = xdp_mode {
                 cfg.xdp_mode = mode;
             }
-            run::run(cfg, json)
+            run::run(cfg, json, metrics)
         }
         Command::Status { pin_dir, json } => {
             let status = Status::read(&State::from_pins(&pin_dir)?)?;

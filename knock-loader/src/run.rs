@@ -1,6 +1,9 @@
 //! `xknock run`: load, configure, attach, print events, detach on SIGINT/SIGTERM.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -16,7 +19,7 @@ use crate::{
     config::Config,
     events::{EventLine, Events},
     maps::State,
-    onetime,
+    metrics, onetime,
     spa::{self, Verifier},
 };
 
@@ -25,7 +28,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often time-based sequences are checked for a new period or the end of a grace.
 const ROTATE_EVERY: Duration = Duration::from_millis(200);
 
-pub fn run(config: Config, json: bool) -> Result<()> {
+/// `metrics`: where to serve `/metrics` (`--metrics`), if anywhere.
+pub fn run(config: Config, json: bool, metrics: Option<SocketAddr>) -> Result<()> {
     if config.interfaces.is_empty() {
         bail!("no interface: give --iface IFACE or set interface in the config");
     }
@@ -41,7 +45,7 @@ pub fn run(config: Config, json: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(config, json))
+    runtime.block_on(run_async(config, json, metrics))
 }
 
 fn say(line: &str) {
@@ -78,9 +82,14 @@ fn watch(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<aya::maps::
         .with_context(|| format!("cannot watch the ring buffer {name}"))
 }
 
-async fn run_async(mut config: Config, json: bool) -> Result<()> {
-    // Before anything is loaded: an unreadable replay cache stops here.
+async fn run_async(mut config: Config, json: bool, metrics: Option<SocketAddr>) -> Result<()> {
+    // Before anything is loaded: an unreadable replay cache or a taken metrics
+    // address stops here.
     let mut verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    let listener = match metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let adopted = attach::has_pins(&config.pin_dir);
     let mut ebpf = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
@@ -116,6 +125,13 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
         }
     }
 
+    let output = Output {
+        json,
+        commands: Commands::new(&config),
+    };
+    if let Some(listener) = listener {
+        metrics::serve(listener, config.pin_dir.clone(), output.commands.runner().stats());
+    }
     let mut events = Events::new(&state)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -124,10 +140,6 @@ async fn run_async(mut config: Config, json: bool) -> Result<()> {
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     // Empty: the first tick rewrites them, in case a period ended since `apply`.
     let mut slots = vec![];
-    let output = Output {
-        json,
-        commands: Commands::new(&config),
-    };
     let print = |line: EventLine| output.emit(line);
     // Prints the kernel's events; returns the sequences that opened.
     let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<Vec<u8>> {

@@ -27,6 +27,8 @@ pub struct Setup {
     pub fs: BpfFs,
     pub dir: PathBuf,
     pub events: PathBuf,
+    /// More arguments for every `xknock run` (say, `--metrics`).
+    pub run_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -43,6 +45,11 @@ impl Setup {
     /// Like `new`, with `extra` TOML appended to the sequence (more keys of it, or
     /// further tables such as `[ban]`).
     pub fn with_config(extra: &str) -> Setup {
+        Self::with_run_args(extra, &[])
+    }
+
+    /// Like `with_config`, with `run_args` added to `xknock run`'s arguments.
+    pub fn with_run_args(extra: &str, run_args: &[&str]) -> Setup {
         let mut hosts = Hosts::new(2);
         let fs = BpfFs::new();
         let dir = std::env::temp_dir().join(unique("xknock-e2e-"));
@@ -59,6 +66,7 @@ impl Setup {
             fs,
             dir,
             events,
+            run_args: run_args.iter().map(ToString::to_string).collect(),
         };
         setup.start_run("events.jsonl");
         setup.wait_attached();
@@ -82,6 +90,8 @@ impl Setup {
         for iface in &ifaces {
             args.extend(["--iface", iface.as_str()]);
         }
+        let run_args = self.run_args.clone();
+        args.extend(run_args.iter().map(String::as_str));
         let server = self.hosts.server.clone();
         self.hosts.spawn_in(&server, &args, Stdio::from(out));
     }
