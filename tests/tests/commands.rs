@@ -1,6 +1,7 @@
 //! on_open and on_close end to end: `run` starts a sequence's commands on its open and
-//! close events with the placeholders filled in, and kills one that outlives
-//! `[commands] timeout`, with what it started.
+//! close events (a knock, an expiry, `xknock allow` and `revoke`) with the
+//! placeholders filled in, and kills one that outlives `[commands] timeout`, with
+//! what it started.
 
 use std::{
     fs,
@@ -78,6 +79,24 @@ fn commands_run_on_open_and_close_with_the_values_and_a_slow_one_is_killed() {
         "each argument as the template split it, values substituted inside"
     );
     assert_eq!(s.wait_event("close", client)["reason"], "expired");
+
+    // `xknock allow` and `revoke` from another shell run them too.
+    let pin_dir = s.fs.pin_dir();
+    let pin_dir = pin_dir.to_str().expect("utf-8");
+    let (ip, expired) = (client.to_string(), read());
+    s.xknock(
+        &s.hosts.server,
+        &["allow", &ip, "--sequence", "ssh", "--pin-dir", pin_dir],
+    );
+    let allowed = format!("{expired}open\n{client}\nssh\n22/tcp\n");
+    wait_for(Duration::from_secs(5), "on_open runs for allow", || {
+        read() == allowed
+    });
+    s.xknock(&s.hosts.server, &["revoke", &ip, "--pin-dir", pin_dir]);
+    let revoked = format!("{allowed}closed for\n{client}\nssh 22/tcp\n");
+    wait_for(Duration::from_secs(5), "on_close runs for revoke", || {
+        read() == revoked
+    });
 
     // The slow command would have finished 3s after it started; it was killed at 1s.
     std::thread::sleep(Duration::from_secs(4).saturating_sub(slow_started.elapsed()));
