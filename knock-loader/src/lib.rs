@@ -1,15 +1,18 @@
 //! xknock's userspace: loading and attaching the XDP program, the configuration, the
-//! maps it shares with the kernel, its events, the knock client, and Single Packet
-//! Authorization (`spa`).
+//! maps it shares with the kernel, its events, the knock client, Single Packet
+//! Authorization (`spa`), the commands run on open and close (`commands`), and the
+//! metrics `run` serves (`metrics`).
 
 pub mod attach;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod events;
 pub mod hint;
 pub mod ifaces;
 pub mod maps;
+pub mod metrics;
 pub mod onetime;
 pub mod pins;
 pub mod reconcile;

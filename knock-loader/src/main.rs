@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use xknock::{
     client::{self, Family},
-    config::{Config, DEFAULT_CONFIG, DEFAULT_PIN_DIR, Knock, XdpMode, is_plain_name},
+    config::{Config, DEFAULT_PIN_DIR, Knock, is_plain_name},
     maps::State,
     pins,
     run::{self, RunOptions},
@@ -41,29 +41,11 @@ enum Command {
     /// created again, is attached when it appears. SIGINT/SIGTERM detach (unless
     /// --keep-attached); the maps stay pinned for the next `run` (`xknock down`
     /// removes them).
-    Run {
-        /// The configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Interface to attach to (repeatable); overrides `interface` in the config.
-        #[arg(long = "iface", short)]
-        ifaces: Vec<String>,
-        /// Where maps are pinned (on bpffs); overrides `pin_dir` in the config
-        /// [default: /sys/fs/bpf/xknock].
-        #[arg(long)]
-        pin_dir: Option<PathBuf>,
-        /// Attach mode; overrides `xdp_mode` in the config.
-        #[arg(long, value_enum)]
-        xdp_mode: Option<XdpMode>,
-        /// Print events as JSON lines.
-        #[arg(long)]
-        json: bool,
-        /// On SIGINT/SIGTERM, exit leaving the filter attached (as after a crash):
-        /// knocks and authorizations keep working, the next `run` takes over without
-        /// a gap, `xknock down` removes it. For service managers and upgrades.
-        #[arg(long)]
-        keep_attached: bool,
-    },
+    ///
+    /// A sequence's on_open and on_close commands run on its open and close events,
+    /// without a shell, at most [commands] max_running at once, each killed after
+    /// [commands] timeout; their output and exit status go to the log (stderr).
+    Run(RunOptions),
     /// Ask the running `xknock run` to re-read its config (sends it SIGHUP).
     ///
     /// `run` logs whether the new config took; an invalid one is refused whole and
@@ -271,21 +253,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run {
-            config,
-            ifaces,
-            pin_dir,
-            xdp_mode,
-            json,
-            keep_attached,
-        } => run::run(RunOptions {
-            config,
-            ifaces,
-            pin_dir,
-            xdp_mode,
-            json,
-            keep_attached,
-        }),
+        Command::Run(opts) => run::run(opts),
         Command::Reload { pin_dir } => {
             let pids = pins::users(&pin_dir)?;
             if pids.is_empty() {

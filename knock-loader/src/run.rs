@@ -2,6 +2,7 @@
 //! reload on SIGHUP; on SIGINT/SIGTERM detach, or leave the filter in place.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -16,12 +17,14 @@ use tokio::{
 
 use crate::{
     attach,
+    commands::Commands,
     config::{Config, XdpMode},
     events::{EventLine, Events},
     ifaces::Interfaces,
     maps::State,
-    onetime,
+    metrics, onetime,
     pins::Pinned,
+    reconcile::Dropped,
     spa::{self, Verifier},
 };
 
@@ -32,18 +35,36 @@ const ROTATE_EVERY: Duration = Duration::from_millis(200);
 /// How often interfaces are checked for appearing, or coming back under a new index.
 const FOLLOW_IFACES_EVERY: Duration = Duration::from_secs(1);
 
-/// `run`'s command line: the config file and what overrides it.
-#[derive(Clone, Debug)]
+/// `run`'s command line: the config file, what overrides it, and how to run.
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunOptions {
+    /// The configuration file.
+    #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Replace the config's `interface` when not empty.
+    /// Interface to attach to (repeatable); overrides `interface` in the config.
+    #[arg(long = "iface", short)]
     pub ifaces: Vec<String>,
+    /// Where maps are pinned (on bpffs); overrides `pin_dir` in the config
+    /// [default: /sys/fs/bpf/xknock].
+    #[arg(long)]
     pub pin_dir: Option<PathBuf>,
+    /// Attach mode; overrides `xdp_mode` in the config.
+    #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
+    /// Print events as JSON lines.
+    #[arg(long)]
     pub json: bool,
-    /// On SIGINT/SIGTERM, leave program, links and maps pinned: filtering goes on
-    /// until the next `run` adopts them or `xknock down` removes them.
+    /// On SIGINT/SIGTERM, exit leaving the filter attached (as after a crash):
+    /// knocks and authorizations keep working, the next `run` takes over without
+    /// a gap, `xknock down` removes it. For service managers and upgrades.
+    #[arg(long)]
     pub keep_attached: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics: the kernel's counters,
+    /// sources in progress, authorizations, bans, the tracking maps' entries and
+    /// capacity, and the on_open/on_close commands' results. ADDR is PORT (on
+    /// 127.0.0.1) or IP:PORT, e.g. 9464, 198.18.0.1:9464 or [::1]:9464.
+    #[arg(long, value_name = "ADDR", value_parser = metrics::parse_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RunOptions {
@@ -81,6 +102,43 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// Where every event goes, whatever noticed it (the kernel, the SPA verifier, the
+/// sweep of the authorization map): printed, and then, for an `open` or `close`, its
+/// sequence's command started or queued (never waited for).
+struct Output {
+    json: bool,
+    commands: Commands,
+}
+
+impl Output {
+    fn emit(&self, line: EventLine) {
+        say(&line.render(self.json));
+        self.commands.event(&line);
+    }
+
+    /// Prints the kernel's events; returns the sequences that opened.
+    fn drain(
+        &self,
+        ring: &mut RingBuf<aya::maps::MapData>,
+        events: &mut Events,
+        state: &State,
+    ) -> Result<Vec<u8>> {
+        let now = state.now_ns()?;
+        let mut opened = vec![];
+        while let Some(item) = ring.next() {
+            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item) {
+                if ev.kind == EventKind::Open as u8 {
+                    opened.push(ev.seq);
+                }
+                if let Some(line) = events.from_kernel(&ev, now) {
+                    self.emit(line);
+                }
+            }
+        }
+        Ok(opened)
+    }
+}
+
 /// Registers ring buffer `name` with the runtime, to await its records.
 fn watch(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<aya::maps::MapData>>> {
     let ring: RingBuf<_> = ebpf
@@ -101,8 +159,13 @@ struct Live {
 }
 
 async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
-    // Before anything is loaded: an unreadable replay cache stops here.
+    // Before anything is loaded: an unreadable replay cache or a taken metrics
+    // address stops here.
     let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    let listener = match opts.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (mut ebpf, pinned) = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
     let dropped = state
@@ -125,10 +188,16 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     attach::pin_program(xdp, &config.pin_dir)?;
     let mut ifaces = Interfaces::attach(xdp, &config.pin_dir, config.xdp_mode, &config.interfaces)?;
 
+    let mut output = Output {
+        json: opts.json,
+        commands: Commands::new(&config),
+    };
+    if let Some(listener) = listener {
+        metrics::serve(listener, config.pin_dir.clone(), output.commands.runner().stats());
+    }
     let events = Events::new(&state)?;
-    let print = |line: EventLine| say(&line.render(opts.json));
     for d in &dropped {
-        print(events.removed(d));
+        output.emit(events.removed(d));
     }
     let mut live = Live {
         config,
@@ -143,42 +212,26 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     let mut follow = tokio::time::interval(FOLLOW_IFACES_EVERY);
     // Empty: the first tick rewrites them, in case a period ended since `apply`.
     let mut slots = vec![];
-    // Prints the kernel's events; returns the sequences that opened.
-    let drain = |ring: &mut RingBuf<_>, events: &mut Events, state: &State| -> Result<Vec<u8>> {
-        let now = state.now_ns()?;
-        let mut opened = vec![];
-        while let Some(item) = ring.next() {
-            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item) {
-                if ev.kind == EventKind::Open as u8 {
-                    opened.push(ev.seq);
-                }
-                if let Some(line) = events.from_kernel(&ev, now) {
-                    print(line);
-                }
-            }
-        }
-        Ok(opened)
-    };
     loop {
         let timed = live.config.sequences.iter().any(|s| s.timed.is_some());
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let opened = drain(guard.get_inner_mut(), &mut live.events, &state)?;
+                let opened = output.drain(guard.get_inner_mut(), &mut live.events, &state)?;
                 next_one_time(&mut live.config, &mut state, &opened)?;
                 guard.clear_ready();
             }
             guard = spa_ring.readable_mut(), if live.verifier.is_some() => {
                 let mut guard = guard?;
                 // Kernel events first, so that its knocks print before an open.
-                let opened = drain(ring.get_mut(), &mut live.events, &state)?;
+                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
                 next_one_time(&mut live.config, &mut state, &opened)?;
                 if let Some(verifier) = live.verifier.as_mut() {
                     let requests = guard.get_inner_mut();
                     while let Some(item) = requests.next() {
                         if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
                             for line in spa::serve(&request, verifier, &mut state, &mut live.events) {
-                                print(line);
+                                output.emit(line);
                             }
                         }
                     }
@@ -201,22 +254,25 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not
                 // mistaken for one added by `xknock allow`.
-                let opened = drain(ring.get_mut(), &mut live.events, &state)?;
+                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
                 next_one_time(&mut live.config, &mut state, &opened)?;
                 for line in live.events.sweep(&mut state)? {
-                    print(line);
+                    output.emit(line);
                 }
             }
             _ = follow.tick() => ifaces.sync(attach::program(&mut ebpf)?),
             _ = sighup.recv() => {
                 // Events so far belong to the old sequence names.
-                drain(ring.get_mut(), &mut live.events, &state)?;
+                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
+                next_one_time(&mut live.config, &mut state, &opened)?;
                 let xdp = attach::program(&mut ebpf)?;
                 match reload(&opts, &mut live, &mut state, &mut ifaces, xdp) {
                     Ok(dropped) => {
+                        // The old hooks still: a removed sequence's on_close runs.
                         for d in &dropped {
-                            print(live.events.removed(d));
+                            output.emit(live.events.removed(d));
                         }
+                        output.commands.set_hooks(&live.config);
                         slots = vec![];
                     }
                     Err(e) => log::error!("reload refused, the running config stays in force: {e:#}"),
@@ -226,6 +282,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    output.commands.shutdown();
     if opts.keep_attached {
         log::info!(
             "exiting with the filter attached to {}: knocks keep working; the next `run` adopts \
@@ -252,7 +309,7 @@ fn reload(
     state: &mut State,
     ifaces: &mut Interfaces,
     xdp: &mut aya::programs::Xdp,
-) -> Result<Vec<crate::reconcile::Dropped>> {
+) -> Result<Vec<Dropped>> {
     let config = opts
         .load()
         .with_context(|| format!("cannot reload {}", opts.config.display()))?;

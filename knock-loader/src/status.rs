@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
 
 use anyhow::Result;
+use knock_common::{Flow, Progress, SequenceConfig};
 use serde::Serialize;
 
 use crate::{
@@ -53,6 +54,18 @@ pub struct Authorized {
     pub left_ms: u64,
 }
 
+/// Whether progress still counts at `now`: neither timeout has passed (the kernel
+/// forgets it at the source's next packet).
+pub fn progress_is_live(p: &Progress, c: &SequenceConfig, now: u64) -> bool {
+    now.saturating_sub(p.last_ns) <= c.step_timeout_ns
+        && now.saturating_sub(p.first_ns) <= c.sequence_timeout_ns
+}
+
+/// Whether a kept connection has not idled out at `now`.
+pub fn flow_is_live(f: &Flow, now: u64) -> bool {
+    now.saturating_sub(f.last_ns) <= f.idle_timeout_ns
+}
+
 fn ports(list: &[knock_common::PortProto], n: u8) -> Vec<String> {
     list.iter()
         .take(n as usize)
@@ -88,9 +101,7 @@ impl Status {
             .filter_map(Result::ok)
             .filter_map(|(k, p)| {
                 let c = config(k.seq)?;
-                let live = now.saturating_sub(p.last_ns) <= c.step_timeout_ns
-                    && now.saturating_sub(p.first_ns) <= c.sequence_timeout_ns;
-                live.then(|| InProgress {
+                progress_is_live(&p, c, now).then(|| InProgress {
                     source: unmapped(k.addr),
                     sequence: name(k.seq),
                     step: p.step,
@@ -125,7 +136,7 @@ impl Status {
             .flows
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, f)| now.saturating_sub(f.last_ns) <= f.idle_timeout_ns)
+            .filter(|(_, f)| flow_is_live(f, now))
             .count();
         let counters = state
             .counters()?

@@ -27,7 +27,7 @@ pub struct Setup {
     pub fs: BpfFs,
     pub dir: PathBuf,
     pub events: PathBuf,
-    /// More arguments for every `xknock run` this setup starts.
+    /// More arguments for every `xknock run` (say, `--metrics`).
     pub run_args: Vec<String>,
 }
 
@@ -48,7 +48,7 @@ impl Setup {
         Self::with_run_args(extra, &[])
     }
 
-    /// Like `with_config`, with more arguments for `xknock run`.
+    /// Like `with_config`, with `run_args` added to `xknock run`'s arguments.
     pub fn with_run_args(extra: &str, run_args: &[&str]) -> Setup {
         let mut hosts = Hosts::new(2);
         let fs = BpfFs::new();
@@ -66,7 +66,7 @@ impl Setup {
             fs,
             dir,
             events,
-            run_args: run_args.iter().map(|a| a.to_string()).collect(),
+            run_args: run_args.iter().map(ToString::to_string).collect(),
         };
         setup.start_run("events.jsonl");
         setup.wait_attached();

@@ -94,6 +94,41 @@ fn defaults_and_kernel_tables() {
 }
 
 #[test]
+fn commands_on_open_and_close() {
+    let c = parse(&SEQ.replace(
+        "protect = [\"22/tcp\"]\n",
+        "protect = [\"22/tcp\", \"443/tcp\"]\non_open = \"/bin/echo 'opened for' %IP%\"\n\
+         [commands]\ntimeout = \"3s\"\nmax_running = 2\nmax_queued = 0\n",
+    ))
+    .expect("valid");
+    let s = &c.sequences[0];
+    assert!(s.on_close.is_none());
+    let vars = xknock::commands::Vars {
+        ip: "198.18.0.1",
+        sequence: "ssh",
+        ports: "22/tcp,443/tcp",
+    };
+    assert_eq!(
+        s.on_open.as_ref().expect("on_open").argv(&vars),
+        ["/bin/echo", "opened for", "198.18.0.1"]
+    );
+    assert_eq!(
+        (
+            c.commands.timeout.as_secs(),
+            c.commands.max_running,
+            c.commands.max_queued
+        ),
+        (3, 2, 0)
+    );
+    let d = parse(SEQ).expect("valid").commands;
+    assert_eq!(
+        (d.timeout.as_secs(), d.max_running, d.max_queued),
+        (10, 4, 64),
+        "defaults"
+    );
+}
+
+#[test]
 fn tcp_flags() {
     assert_eq!(
         xknock::config::parse_tcp_flags("syn,!ack"),
@@ -141,8 +176,41 @@ fn refusals_name_the_file_line_and_key() {
         (SEQ.replace("name = \"ssh\"", "name = \"s s h\""), ":2: name:"),
         (format!("{SEQ}tcp_flags = \"syn,bogus\"\n"), ":5: tcp_flags:"),
         (
-            format!("{SEQ}on_open = \"/bin/true\"\n"),
-            ":5: on_open: commands on open and close are not supported yet",
+            format!("{SEQ}on_open = \"notify %IP%\"\n"),
+            ":5: on_open: \"notify\" is not an absolute path",
+        ),
+        (
+            format!("{SEQ}on_close = \"/bin/echo 'closed\"\n"),
+            ":5: on_close: \"/bin/echo 'closed\" cannot be split into arguments",
+        ),
+        (format!("{SEQ}on_open = \"\"\n"), ":5: on_open: empty"),
+        (
+            format!("{SEQ}on_open = \"/usr/bin/%SEQUENCE%\"\n"),
+            ":5: on_open: \"/usr/bin/%SEQUENCE%\": the program must be a fixed path",
+        ),
+        (
+            format!("{SEQ}on_open = \"/nonexistent/notify %IP%\"\n"),
+            ":5: on_open: /nonexistent/notify: No such file",
+        ),
+        (
+            format!("{SEQ}on_open = \"/etc/passwd\"\n"),
+            ":5: on_open: /etc/passwd is not an executable file",
+        ),
+        (
+            format!("{SEQ}[commands]\nmax_running = 0\n"),
+            ":6: commands.max_running: 0 is not from 1",
+        ),
+        (
+            format!("{SEQ}[commands]\nmax_queued = -1\n"),
+            ":6: commands.max_queued: -1 is not from 0",
+        ),
+        (
+            format!("{SEQ}[commands]\ntimeout = \"0s\"\n"),
+            ":6: commands.timeout: must be longer than zero",
+        ),
+        (
+            format!("{SEQ}[commands]\nshell = true\n"),
+            ":6: unknown field `shell`",
         ),
         (format!("{SEQ}colour = \"blue\"\n"), ":5: unknown field `colour`"),
         (

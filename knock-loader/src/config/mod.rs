@@ -2,6 +2,7 @@
 //! the kernel (`parse`), and turned into the kernel's tables (`kernel`). Every error
 //! names the file, the line and the key.
 
+mod commands;
 mod kernel;
 mod parse;
 mod spa;
@@ -19,6 +20,7 @@ use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
 use serde::Deserialize;
 
 use crate::{
+    commands::Template,
     spa::{Key, KeyId},
     timed::TimedSecret,
 };
@@ -101,6 +103,10 @@ pub struct Sequence {
     pub timed: Option<Timed>,
     /// knockd's `one_time_sequences`: the file whose first unused line `knocks` is.
     pub one_time: Option<PathBuf>,
+    /// Run when a source is authorized (knockd's start_command).
+    pub on_open: Option<Template>,
+    /// Run when an authorization ends (knockd's stop_command).
+    pub on_close: Option<Template>,
 }
 
 /// A time-based sequence's secret (`secret_file`), and how long into a period the
@@ -133,6 +139,29 @@ pub struct Config {
     pub limits: Limits,
     /// Single Packet Authorization (`[spa]`), if configured.
     pub spa: Option<SpaConfig>,
+    /// How `on_open` and `on_close` commands run (`[commands]`).
+    pub commands: CommandLimits,
+}
+
+/// `[commands]`: bounds on the `on_open` and `on_close` commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandLimits {
+    /// A command still running after this is killed, with what it started.
+    pub timeout: Duration,
+    /// At most this many run at once...
+    pub max_running: usize,
+    /// ...and this many wait; a command that finds the queue full is dropped.
+    pub max_queued: usize,
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        CommandLimits {
+            timeout: Duration::from_secs(10),
+            max_running: 4,
+            max_queued: 64,
+        }
+    }
 }
 
 /// Single Packet Authorization (`[spa]`): the UDP port requests go to, how they are

@@ -16,7 +16,9 @@ use toml::Spanned;
 use crate::timed::TimedSecret;
 
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Timed, XdpMode, is_plain_name,
+    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Timed, XdpMode,
+    commands::{RawCommands, parse_commands, parse_template},
+    is_plain_name,
     spa::{RawSpa, parse_spa},
 };
 
@@ -45,6 +47,7 @@ struct RawConfig {
     #[serde(default)]
     deny: Vec<Spanned<String>>,
     spa: Option<Spanned<RawSpa>>,
+    commands: Option<RawCommands>,
 }
 
 #[derive(Default, Deserialize)]
@@ -215,6 +218,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
             ));
         }
     }
+    let commands = parse_commands(&src, raw.commands.as_ref())?;
     let interfaces = match raw.interface {
         None => vec![],
         Some(OneOrMany::One(i)) => vec![i],
@@ -230,6 +234,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         deny,
         limits,
         spa,
+        commands,
     })
 }
 
@@ -354,15 +359,6 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         None => parse_tcp_flags("syn").map_err(anyhow::Error::msg)?,
         Some(f) => parse_tcp_flags(f.get_ref()).map_err(|e| src.at(f, "tcp_flags", e))?,
     };
-    for (value, key) in [(&raw.on_open, "on_open"), (&raw.on_close, "on_close")] {
-        if let Some(v) = value {
-            return Err(src.at(
-                v,
-                key,
-                "commands on open and close are not supported yet; remove the key",
-            ));
-        }
-    }
     let seq = Sequence {
         name,
         knocks,
@@ -382,6 +378,8 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         tcp_flags_clear,
         timed,
         one_time: one_time.map(|(_, path)| path),
+        on_open: parse_template(src, &raw.on_open, "on_open")?,
+        on_close: parse_template(src, &raw.on_close, "on_close")?,
     };
     if seq.step_timeout > seq.sequence_timeout {
         let at = raw.step_timeout.as_ref().or(raw.sequence_timeout.as_ref());
