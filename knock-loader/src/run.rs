@@ -159,6 +159,11 @@ struct Live {
 }
 
 async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
+    // First: until they are handled, each of these would kill the process (a
+    // reload from a service manager during start-up, say).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     // Before anything is loaded: an unreadable replay cache or a taken metrics
     // address stops here.
     let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
@@ -204,9 +209,6 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         verifier,
         events,
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     let mut follow = tokio::time::interval(FOLLOW_IFACES_EVERY);
