@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod hint;
+pub mod knockd;
 pub mod maps;
 pub mod onetime;
 pub mod run;
