@@ -9,6 +9,7 @@
 //! report needs, so this is a short parser of its own.
 
 mod command;
+mod stanza;
 mod translate;
 
 use std::{
