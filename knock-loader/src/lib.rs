@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod hint;
 pub mod ifaces;
+pub mod knockd;
 pub mod maps;
 pub mod metrics;
 pub mod onetime;

@@ -200,6 +200,24 @@ enum Command {
         #[arg(short = '6')]
         ipv6: bool,
     },
+    /// Translate a knockd configuration (knockd.conf) into xknock's TOML.
+    ///
+    /// Sequences, seq_timeout, tcpflags and one_time_sequences carry over. A command
+    /// that adds an iptables or nft rule accepting the knocker (%IP%) on some ports
+    /// becomes the sequence's protected ports, cmd_timeout its open_for; knockd's pair
+    /// of doors, one adding such a rule and one deleting it, becomes one sequence.
+    /// Other commands become on_open and on_close (%IP% kept), unless they need a
+    /// shell. What does not translate is listed on stderr, as "line N: KEY: not
+    /// translated: WHY", and as comments in the TOML.
+    ///
+    /// Example: xknock import-knockd /etc/knockd.conf --out /etc/xknock/xknock.toml
+    ImportKnockd {
+        /// The knockd configuration.
+        file: PathBuf,
+        /// Write the TOML to this new file (never overwriting one) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Make a key for a new SPA client.
     ///
     /// Prints the server's [[spa.client]] stanza on stdout (add it to the server's
@@ -478,6 +496,33 @@ fn real_main() -> Result<()> {
                 "sent a request to open {what} to {host} ({}, {}/udp); nothing comes back: connect now",
                 target.ip(),
                 target.port()
+            );
+            Ok(())
+        }
+        Command::ImportKnockd { file, out } => {
+            let imported = xknock::knockd::import_file(&file)?;
+            match &out {
+                Some(path) => xknock::knockd::write_new(path, &imported.toml)?,
+                None => print!("{}", imported.toml),
+            }
+            for note in &imported.notes {
+                eprintln!("{note}");
+            }
+            let to = out.as_deref().unwrap_or(std::path::Path::new("FILE"));
+            eprintln!(
+                "imported {} sequence(s) from {}{}; {} thing(s) not translated{}; review, then: xknock check --config {}",
+                imported.sequences,
+                file.display(),
+                out.as_ref()
+                    .map(|p| format!(" into {}", p.display()))
+                    .unwrap_or_default(),
+                imported.notes.len(),
+                if imported.notes.is_empty() {
+                    ""
+                } else {
+                    " (above, and as comments in the TOML)"
+                },
+                to.display()
             );
             Ok(())
         }
