@@ -123,16 +123,20 @@ impl Setup {
         }
     }
 
+    /// Sends `signal` to `run` (the process started last) and waits for it to exit.
+    pub fn signal_run(&mut self, signal: i32) -> std::process::ExitStatus {
+        let pid = self.hosts.last_child_pid();
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(pid as i32, signal) };
+        self.hosts
+            .wait_last_child(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("run did not exit on signal {signal}"))
+    }
+
     /// Stops `run` with SIGTERM (it detaches) and starts a new one, its events going
     /// to `file`; returns once it is attached.
     pub fn restart_run(&mut self, file: &str) {
-        let pid = self.hosts.last_child_pid();
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let status = self
-            .hosts
-            .wait_last_child(Duration::from_secs(10))
-            .expect("run exits after SIGTERM");
+        let status = self.signal_run(libc::SIGTERM);
         assert!(status.success(), "run exit status {status}");
         self.start_run(file);
         self.wait_attached();

@@ -56,15 +56,6 @@ fn knock(s: &Setup, i: usize, knocks: &[&str]) {
     s.xknock(s.client(i), &args);
 }
 
-fn signal_run(s: &mut Setup, signal: i32) -> std::process::ExitStatus {
-    let pid = s.hosts.last_child_pid();
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid as i32, signal) };
-    s.hosts
-        .wait_last_child(Duration::from_secs(10))
-        .expect("run exits")
-}
-
 #[test]
 fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,7 +68,7 @@ fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
     // Client 1 never knocks: it must not get through at any moment of the restart.
     let (stop, counts, probers) = probe(&s, 1);
 
-    assert!(signal_run(&mut s, libc::SIGTERM).success(), "run exits 0");
+    assert!(s.signal_run(libc::SIGTERM).success(), "run exits 0");
     assert!(
         s.log().contains("exiting with the filter attached"),
         "{}",
@@ -115,7 +106,7 @@ fn maps_of_another_layout_or_size_are_refused_and_down_removes_everything() {
     let mut s = Setup::new();
     let pin_dir = s.fs.pin_dir();
     let first = s.prog_id(0).expect("attached");
-    signal_run(&mut s, libc::SIGKILL);
+    s.signal_run(libc::SIGKILL);
 
     // Maps as an xknock of another layout would have left them.
     let meta_path = pin_dir.join(map_names::META);

@@ -163,14 +163,7 @@ fn sigterm_detaches_and_exits_zero() {
     let mut s = Setup::new();
     let iface = s.hosts.server_ifaces[0].clone();
     let server = s.hosts.server.clone();
-    // The run process is the last child started (after sshd).
-    let pid = s.hosts.last_child_pid();
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let status = s
-        .hosts
-        .wait_last_child(Duration::from_secs(10))
-        .expect("run exits after SIGTERM");
+    let status = s.signal_run(libc::SIGTERM);
     assert!(status.success(), "run exit status {status}");
     let link = s.hosts.run_in(&server, &["ip", "link", "show", "dev", &iface]).1;
     assert!(!link.contains("xdp"), "program still attached: {link}");
@@ -197,10 +190,7 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
     s.xknock(s.client(1), &["knock", &other_server.to_string(), "7000"]);
 
     let first_prog = s.prog_id(0).expect("program attached");
-    let pid = s.hosts.last_child_pid();
-    // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    s.hosts.wait_last_child(Duration::from_secs(5)).expect("run died");
+    s.signal_run(libc::SIGKILL);
     let iface = &s.hosts.server_ifaces[0];
     let link = s
         .hosts
