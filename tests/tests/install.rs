@@ -81,6 +81,25 @@ fn installs_into_destdir_and_keeps_the_configuration() {
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("ssh: knocks"));
 
+    // The unit's command line is one this xknock takes (a flag it does not know
+    // fails before --help is reached).
+    let unit_text = read(&unit);
+    let exec = unit_text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let help = Command::new(&bin)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(
+        help.status.success(),
+        "ExecStart's arguments {args:?}: {}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+
     // Again, over an edited configuration and elsewhere: the configuration stays.
     let edited = format!("{}# mine\n", read(&conf));
     std::fs::write(&conf, &edited).expect("edit");
