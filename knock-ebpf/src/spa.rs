@@ -28,8 +28,8 @@ pub fn request(ctx: &XdpContext, transport: &Transport) -> Counter {
     if settings.access_rules != 0 && access(&packet.src) == ACCESS_DENY {
         return Counter::DropDenied;
     }
-    // The budget comes first, so what is refused below costs an event per source
-    // and second at most, like what is handed over.
+    // The budget comes first, so what is refused below costs at most SPA_BUDGET
+    // events per source and second, like what is handed over.
     let now = now_ns(settings);
     if !within_budget(&packet.src, now) {
         return Counter::SpaShed;
@@ -61,7 +61,9 @@ pub fn request(ctx: &XdpContext, transport: &Transport) -> Counter {
         )
     };
     if copied != 0 {
+        // The UDP length claimed more than the frame holds.
         entry.discard(0);
+        refused(&packet.src, SpaRefusal::Malformed, transport.dst_port, now);
         return Counter::SpaRefused;
     }
     entry.submit(0);

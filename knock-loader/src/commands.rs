@@ -366,7 +366,8 @@ impl Commands {
     /// For an `open` or `close` line: starts or queues its sequence's command, if it
     /// has one. (A time-based sequence's two kernel slots share its name.)
     pub fn event(&self, line: &EventLine) {
-        let Some(hooks) = line.sequence.as_ref().and_then(|s| self.hooks.get(s)) else {
+        let Some(sequence) = &line.sequence else { return };
+        let Some(hooks) = self.hooks.get(sequence) else {
             return;
         };
         let (key, template) = match line.event {
@@ -374,9 +375,7 @@ impl Commands {
             "close" => ("on_close", &hooks.on_close),
             _ => return,
         };
-        let (Some(template), Some(sequence)) = (template, &line.sequence) else {
-            return;
-        };
+        let Some(template) = template else { return };
         let ip = line.source.to_string();
         let vars = Vars {
             ip: &ip,
@@ -404,6 +403,17 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    #[test]
+    fn ports_are_every_protected_port_of_the_sequence() {
+        let toml = "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000\"]\nprotect = [\"22/tcp\", \"443/tcp\"]\n\
+                    on_open = \"/bin/true %PORTS%\"\n[[sequence]]\nname = \"quiet\"\nknocks = [\"8000\"]\n\
+                    protect = [\"22/tcp\"]\n";
+        let config = Config::parse(Path::new("t.toml"), toml).expect("valid");
+        let hooks = hooks(&config);
+        assert_eq!(hooks["ssh"].ports, "22/tcp,443/tcp");
+        assert!(!hooks.contains_key("quiet"), "no commands, no hooks");
+    }
 
     const VARS: Vars = Vars {
         ip: "198.18.0.1",
@@ -502,7 +512,8 @@ mod tests {
     async fn a_command_past_its_timeout_is_killed_with_its_children() {
         let dir = tempfile::tempdir().expect("temp dir");
         let marker = dir.path().join("finished");
-        let script = format!("/bin/sleep 2 & wait; touch {}", marker.display());
+        // The grandchild writes the marker: killing only the shell would not stop it.
+        let script = format!("(/bin/sleep 1; /usr/bin/touch {}) & wait", marker.display());
         let start = Instant::now();
         let outcome = run_one(&job(&["/bin/sh", "-c", &script]), Duration::from_millis(200)).await;
         assert_eq!(outcome, Outcome::TimedOut);
@@ -519,8 +530,8 @@ mod tests {
             run_one(&job(&["/nonexistent/program"]), Duration::from_secs(5)).await,
             Outcome::Failed
         );
-        tokio::time::sleep(Duration::from_millis(2200)).await;
-        assert!(!marker.exists(), "the shell was killed before it could finish");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(!marker.exists(), "the shell and what it started were killed");
     }
 
     #[tokio::test]

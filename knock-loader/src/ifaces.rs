@@ -31,7 +31,7 @@ pub struct Interfaces {
 }
 
 /// The interface's index, 0 when there is none of that name.
-pub fn ifindex(name: &str) -> u32 {
+fn ifindex(name: &str) -> u32 {
     let Ok(c) = CString::new(name) else { return 0 };
     // SAFETY: a NUL-terminated name; the call only reads it.
     unsafe { libc::if_nametoindex(c.as_ptr()) }

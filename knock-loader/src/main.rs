@@ -398,6 +398,11 @@ fn real_main() -> Result<()> {
                     protect.join(" "),
                     xknock::clock::human(s.open_for)
                 );
+                for (key, command) in [("on_open", &s.on_open), ("on_close", &s.on_close)] {
+                    if let Some(command) = command {
+                        println!("    {key}: {command}");
+                    }
+                }
             }
             if let Some(spa) = &cfg.spa {
                 println!(

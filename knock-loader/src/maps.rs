@@ -181,7 +181,10 @@ impl State {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let was_strict = old.iter().any(|(_, c)| c.flags & SEQ_STRICT != 0);
+        let old_strict_mask = old
+            .iter()
+            .filter(|(_, c)| c.flags & SEQ_STRICT != 0)
+            .fold(0u8, |mask, (i, _)| mask | 1 << i);
         // Where the SPA port was (`apply` records the new one in the settings after
         // this), so that its rule is cleared with the other old ports.
         let old_spa = self.settings()?.spa_port;
@@ -207,7 +210,7 @@ impl State {
             ..PortRule::default()
         };
         // Strict masks sit in every entry, so a change of them rewrites all.
-        let stale: Vec<u32> = if strict_mask != 0 || was_strict {
+        let stale: Vec<u32> = if strict_mask != old_strict_mask {
             (0..PORT_RULE_ENTRIES)
                 .filter(|i| !rules.contains_key(i))
                 .collect()

@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::{Pod, maps::IterableMap};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -154,6 +155,15 @@ struct Occupancy {
     capacity: u32,
 }
 
+/// How many entries `map` can hold.
+fn capacity<K: Pod, V: Pod>(map: &impl IterableMap<K, V>) -> Result<u32> {
+    Ok(map
+        .map()
+        .info()
+        .context("cannot read a map's size")?
+        .max_entries())
+}
+
 /// What one scrape reports, read from the pins.
 struct Snapshot {
     counters: Vec<(&'static str, u64)>,
@@ -167,57 +177,55 @@ impl Snapshot {
         let state = State::from_pins(pin_dir)?;
         let now = state.now_ns()?;
         let seqs = state.sequences()?;
-        let capacity = |name: &str| -> Result<u32> {
-            let path = pin_dir.join(name);
-            let info = aya::maps::MapInfo::from_pin(&path)
-                .with_context(|| format!("cannot read the size of {}", path.display()))?;
-            Ok(info.max_entries())
-        };
-        let tally = |map: &'static str, live: &mut dyn Iterator<Item = bool>| -> Result<Occupancy> {
+        let tally = |map: &'static str, capacity: u32, live: &mut dyn Iterator<Item = bool>| {
             let (mut entries, mut live_entries) = (0, 0);
             for is_live in live {
                 entries += 1;
                 live_entries += u64::from(is_live);
             }
-            Ok(Occupancy {
+            Occupancy {
                 map,
                 entries,
                 live: live_entries,
-                capacity: capacity(map)?,
-            })
+                capacity,
+            }
         };
         let progress = tally(
             map_names::PROGRESS,
+            capacity(&state.progress)?,
             &mut state.progress.iter().filter_map(Result::ok).map(|(k, p)| {
                 seqs.iter()
                     .find(|(i, _)| *i == k.seq)
                     .is_some_and(|(_, c)| status::progress_is_live(&p, c, now))
             }),
-        )?;
+        );
         let authorized = tally(
             map_names::AUTHORIZED,
+            capacity(&state.authorized)?,
             &mut state
                 .authorized
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(_, a)| a.expires_ns > now),
-        )?;
+        );
         let flows = tally(
             map_names::FLOWS,
+            capacity(&state.flows)?,
             &mut state
                 .flows
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(_, f)| status::flow_is_live(&f, now)),
-        )?;
+        );
         let bans = tally(
             map_names::BANS,
+            capacity(&state.bans)?,
             &mut state
                 .bans
                 .iter()
                 .filter_map(Result::ok)
                 .map(|(_, b)| b.until_ns > now),
-        )?;
+        );
         let counters = state
             .counters()?
             .into_iter()

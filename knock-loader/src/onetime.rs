@@ -20,17 +20,22 @@ pub type Current = Option<(usize, Vec<Knock>)>;
 /// Reads `path` and returns its first unused sequence. Every unused line is checked,
 /// so that a typo is found at start, not when its turn comes.
 pub fn current(path: &Path) -> Result<Current> {
+    Ok(unused(path)?.into_iter().next())
+}
+
+/// Every unused sequence of `path`, in order, with its line (1-based).
+pub fn unused(path: &Path) -> Result<Vec<(usize, Vec<Knock>)>> {
     let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut first = None;
+    let mut lines = vec![];
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let knocks = parse_line(line).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
-        first.get_or_insert((i + 1, knocks));
+        lines.push((i + 1, knocks));
     }
-    Ok(first)
+    Ok(lines)
 }
 
 /// One line: knocks separated by commas or spaces, each `PORT[/tcp|/udp]` or knockd's
@@ -122,5 +127,28 @@ mod tests {
         assert!(e.to_string().contains("otp:2: 3000/tcp twice"), "{e}");
         fs::write(&path, "1000,70000\n").expect("write");
         assert!(current(&path).is_err());
+    }
+
+    #[test]
+    fn a_later_line_on_a_protected_port_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("otp");
+        fs::write(
+            &path,
+            "1000,2000
+3000,22
+",
+        )
+        .expect("write");
+        let toml = format!(
+            "[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\n",
+            path.display()
+        );
+        let e = crate::config::Config::parse(Path::new("x.toml"), &toml).expect_err("line 2 knocks on 22");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("otp:2: 22/tcp is protected by sequence \"door\""),
+            "{e}"
+        );
     }
 }

@@ -23,7 +23,7 @@ pub struct Dropped {
 
 /// Where each old slot's entries go: the new slot of the same name and occurrence (a
 /// time-based sequence has two slots), or `None` when the sequence is gone.
-pub fn slot_moves(old: &[(u8, SequenceConfig)], new: &[Sequence]) -> HashMap<u8, Option<u8>> {
+fn slot_moves(old: &[(u8, SequenceConfig)], new: &[Sequence]) -> HashMap<u8, Option<u8>> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut new_slots: HashMap<(String, usize), u8> = HashMap::new();
     for (i, s) in new.iter().enumerate() {
@@ -54,7 +54,7 @@ impl State {
         self.apply(config)?;
 
         let names: HashMap<u8, String> = old.iter().map(|(i, c)| (*i, sequence_name(c))).collect();
-        let current: Vec<(SourceKey, Authorization)> =
+        let current: HashMap<SourceKey, Authorization> =
             self.authorized.iter().filter_map(Result::ok).collect();
         let mut wanted: HashMap<SourceKey, Authorization> = HashMap::new();
         let mut dropped = vec![];
@@ -75,16 +75,13 @@ impl State {
         }
         // Removals first: for a moment a moved authorization may be missing, never
         // granting one sequence's ports on another's authorization.
-        for (key, _) in &current {
+        for key in current.keys() {
             if !wanted.contains_key(key) {
                 self.unauthorize(key);
             }
         }
         for (key, auth) in &wanted {
-            let unchanged = current
-                .iter()
-                .any(|(k, a)| k == key && a.expires_ns == auth.expires_ns);
-            if !unchanged {
+            if current.get(key).is_none_or(|a| a.expires_ns != auth.expires_ns) {
                 self.authorize(key, auth)?;
             }
         }

@@ -145,12 +145,7 @@ impl Setup {
     pub fn wait_attached(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let attached = self.hosts.server_ifaces.iter().all(|i| {
-                self.hosts
-                    .run_in(&self.hosts.server, &["ip", "link", "show", "dev", i])
-                    .1
-                    .contains("xdp")
-            });
+            let attached = (0..self.hosts.server_ifaces.len()).all(|i| self.prog_id(i).is_some());
             if attached {
                 return;
             }

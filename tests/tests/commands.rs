@@ -40,7 +40,8 @@ fn commands_run_on_open_and_close_with_the_values_and_a_slow_one_is_killed() {
     // Would write `finished` 3s after it starts, well past the 1s timeout.
     script(
         &dir.join("slow.sh"),
-        "touch \"$1/started\"; sleep 3; touch \"$1/finished\"",
+        // A child writes the marker, so killing only the script would not stop it.
+        "touch \"$1/started\"; (sleep 3; touch \"$1/finished\") & wait",
     );
     let calls = dir.join("calls");
     let d = dir.display();
@@ -102,6 +103,6 @@ fn commands_run_on_open_and_close_with_the_values_and_a_slow_one_is_killed() {
     std::thread::sleep(Duration::from_secs(4).saturating_sub(slow_started.elapsed()));
     assert!(
         !dir.join("finished").exists(),
-        "the command that outlived its timeout was killed"
+        "the command that outlived its timeout was killed, with what it started"
     );
 }

@@ -126,9 +126,24 @@ fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
     assert_eq!(h.send(&Frame::syn(A, SPA_PORT)), PASS);
     // A truncated frame whose UDP length claims a payload it does not carry.
     let mut short = request(A, &payload(KEY_ID, 60)).build();
-    short.truncate(short.len() - 55);
+    // Its key id is there, the rest is not: the copy to the ring fails.
+    short.truncate(short.len() - 40);
     assert_eq!(h.run(&short), DROP);
     assert!(h.spa_requests().is_empty());
+    assert_eq!(h.counter(Counter::SpaRefused), refused.len() as u64 + 1);
+    let events = h.events();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.kind, e.reason, e.addr))
+            .collect::<Vec<_>>(),
+        [(
+            EventKind::SpaRefused as u8,
+            SpaRefusal::Malformed as u8,
+            mapped(A)
+        )],
+        "the truncated frame is refused with an event too"
+    );
 }
 
 #[test]

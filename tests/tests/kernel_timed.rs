@@ -139,7 +139,10 @@ fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
         file.display()
     );
     let cases = [
-        (format!("{timed}knocks = [\"1/tcp\", \"2/tcp\"]\n"), "knocks"),
+        (
+            format!("{timed}knocks = [\"1/tcp\", \"2/tcp\"]\n"),
+            "takes its knocks from the secret",
+        ),
         (format!("{timed}grace = \"16s\"\n"), "more than half"),
         (
             format!(
@@ -153,7 +156,7 @@ fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
                  key = \"{}\"\nsequences = [\"door\"]\n",
                 "ab".repeat(32)
             ),
-            "spa.port",
+            "spa.port: 30001/udp is in the port range of time-based sequence",
         ),
         (
             "[[sequence]]\nname = \"x\"\nprotect = [\"22/tcp\"]\n".to_string(),

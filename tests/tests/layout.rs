@@ -26,8 +26,9 @@ fn fingerprint(text: &str) -> u64 {
     })
 }
 
-/// The layout version and the fingerprint of the types it stands for.
-const RECORDED: (u32, u64) = (1, 0xbdd0_73fe_7c7b_3e6f);
+/// The layout version and the fingerprint of the types (and the counter slots' and
+/// flags' values) it stands for.
+const RECORDED: (u32, u64) = (1, 0x2778_08a4_779f_af65);
 
 #[test]
 fn layout_snapshot() {
@@ -53,7 +54,10 @@ fn layout_snapshot() {
     };
     // What the values mean counts too: counter slots and array sizes.
     let text = format!(
-        "{text}COUNTERS {COUNTERS} MAX_SEQUENCES {MAX_SEQUENCES} PORT_RULE_ENTRIES {PORT_RULE_ENTRIES}\n"
+        "{text}COUNTERS {COUNTERS} MAX_SEQUENCES {MAX_SEQUENCES} PORT_RULE_ENTRIES {PORT_RULE_ENTRIES}\n\
+         counters {:?}\nflags SEQ {SEQ_STRICT} {SEQ_KEEP_ESTABLISHED} {SEQ_IGNORE_WRONG} RULE_SPA {RULE_SPA} \
+         ACCESS {ACCESS_ALLOW} {ACCESS_DENY}\n",
+        Counter::ALL
     );
     let now = (LAYOUT_VERSION, fingerprint(&text));
     assert_eq!(

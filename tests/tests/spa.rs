@@ -159,6 +159,8 @@ fn a_request_opens_for_its_sender_and_forgeries_are_rejected_with_their_reason()
     rejected(&s, "replayed");
 }
 
+const FLOOD_MAX: u32 = 2_000_000;
+
 #[test]
 fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,24 +172,38 @@ fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
     let flooded = s.hosts.server_v4[1];
     let key = ClientKey::load(&key_file).expect("key file");
     // Client 1 floods: garbage under alice's key id (which the kernel cannot tell
-    // from a request), and datagrams no client could have sent. Bounded: 20,000.
+    // from a request), and datagrams no client could have sent. Bounded below.
     let flooder = s.client(1).to_owned();
     let key_id = key.key_id.0;
-    in_netns(&flooder, move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
-        let mut datagram = [0u8; 120];
-        for i in 0..20_000u32 {
-            datagram[0] = 1;
-            if i % 2 == 0 {
-                datagram[1..9].copy_from_slice(&key_id);
-            } else {
-                datagram[1..9].copy_from_slice(&i.to_le_bytes().repeat(2));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    // Bounded: 2,000,000 datagrams or 20 s, and stopped once the request got through.
+    let flood = std::thread::spawn(move || {
+        in_netns(&flooder, move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+            let mut datagram = [0u8; 120];
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut sent = 0u32;
+            while sent < FLOOD_MAX
+                && !flooding.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                datagram[0] = 1;
+                if sent.is_multiple_of(2) {
+                    datagram[1..9].copy_from_slice(&key_id);
+                } else {
+                    datagram[1..9].copy_from_slice(&sent.to_le_bytes().repeat(2));
+                }
+                datagram[9..13].copy_from_slice(&sent.to_le_bytes());
+                // A full socket buffer only drops the flood's own datagrams.
+                let _ = sock.send_to(&datagram, (flooded, PORT));
+                sent += 1;
             }
-            datagram[9..13].copy_from_slice(&i.to_le_bytes());
-            // A full socket buffer only drops the flood's own datagrams.
-            let _ = sock.send_to(&datagram, (flooded, PORT));
-        }
+            sent
+        })
     });
+    // The request goes out while the flood is on.
+    std::thread::sleep(Duration::from_millis(200));
     s.xknock(
         s.client(0),
         &[
@@ -198,6 +214,12 @@ fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
         ],
     );
     s.wait_event("open", s.hosts.clients[0].v4);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flooder");
+    assert!(
+        sent < FLOOD_MAX,
+        "the flood was still on when the request got through"
+    );
     assert!(s.reachable(0, server), "the valid request got through");
     let status = s.status();
     let counters = &status["counters"];

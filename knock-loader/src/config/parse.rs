@@ -445,6 +445,33 @@ fn parse_access(
 
 /// Checks that need all sequences: unique names, sequences that can be told apart,
 /// no port that is a knock of one sequence and protected by another.
+/// A later line of a one-time file must not knock on a protected port either: once
+/// loaded, it would close that port to everyone.
+fn check_one_time(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Sequence]) -> Result<()> {
+    let (Some(path), Some(f)) = (&seq.one_time, &raw.one_time_sequences) else {
+        return Ok(());
+    };
+    let lines =
+        crate::onetime::unused(path).map_err(|e| src.at(f, "one_time_sequences", format!("{e:#}")))?;
+    for (line, knocks) in lines {
+        let protected = seqs.iter().find_map(|o| {
+            let k = knocks.iter().find(|k| o.protect.contains(k))?;
+            Some((k, &o.name))
+        });
+        if let Some((k, other)) = protected {
+            return Err(src.at(
+                f,
+                "one_time_sequences",
+                format!(
+                    "{}:{line}: {k} is protected by sequence {other:?}: a port cannot be both",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -> Result<()> {
     let mut names = HashSet::new();
     let knock_ports: HashMap<Knock, &str> = seqs
@@ -471,6 +498,7 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
                 format!("{p} is a knock of sequence {other:?}: a port cannot be both"),
             ));
         }
+        check_one_time(src, raw, seq, seqs)?;
         check_timed(src, raw, seq, seqs)?;
         if let Some(other) = seqs.iter().take_while(|o| !std::ptr::eq(*o, seq)).find(|o| {
             o.timed.is_none() && seq.timed.is_none() && !o.knocks.is_empty() && o.knocks == seq.knocks

@@ -20,7 +20,7 @@ use super::DEFAULT_PORT;
 
 /// The public name of a client's key, sent in the clear at the start of every request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub [u8; 8]);
+pub struct KeyId(pub [u8; knock_common::SPA_KEY_ID_LEN]);
 
 impl KeyId {
     /// A random key id from the OS RNG.

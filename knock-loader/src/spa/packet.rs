@@ -13,13 +13,15 @@ use chacha20poly1305::{
 use knock_common::{PROTO_TCP, PROTO_UDP, SPA_MAX_PAYLOAD};
 
 use super::keys::{Key, KeyId};
-use crate::config::Knock;
+use knock_common::SPA_KEY_ID_LEN;
 
-pub const VERSION: u8 = 1;
+use crate::{config::Knock, maps::mapped};
+
+pub const VERSION: u8 = knock_common::SPA_VERSION;
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 /// Version, key id and nonce: sent in the clear, authenticated as associated data.
-pub const HEADER_LEN: usize = 1 + 8 + NONCE_LEN;
+pub const HEADER_LEN: usize = 1 + SPA_KEY_ID_LEN + NONCE_LEN;
 /// Timestamp, open_for, address flag and entry count: the smallest plaintext.
 pub const MIN_PLAINTEXT: usize = 8 + 4 + 1 + 1;
 pub const MIN_PACKET: usize = HEADER_LEN + MIN_PLAINTEXT + TAG_LEN;
@@ -67,7 +69,7 @@ impl Request {
             None => out.push(0),
             Some(addr) => {
                 out.push(1);
-                out.extend_from_slice(&mapped(addr).octets());
+                out.extend_from_slice(&mapped(addr));
             }
         }
         let Ok(n) = u8::try_from(self.access.len()) else {
@@ -197,14 +199,6 @@ pub fn open(
             },
         )
         .ok()
-}
-
-/// IPv4 as IPv4-mapped IPv6, as the wire (and the kernel's maps) carry it.
-fn mapped(addr: IpAddr) -> Ipv6Addr {
-    match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
-    }
 }
 
 /// A cursor that hands out bytes only while there are enough left.

@@ -7,8 +7,8 @@ use xknock_tests::{
     live::{Netfilter, Pair, attach_native},
 };
 
-/// The benchmark's sequences (the same as the netfilter rulesets' and knockd's), with
-/// the clock and bans out of the way.
+/// The benchmark's sequences (the same ports as the netfilter rulesets' and knockd's;
+/// long timeouts), with the clock and bans out of the way.
 pub const SEQUENCES: &str = r#"
 [[sequence]]
 name = "ssh"
