@@ -328,7 +328,21 @@ fn reload(
              stop `run`, `xknock down`, which loses authorizations and progress, and start again)"
         );
     }
-    let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    // The nonces in memory carry over (to a new replay_file too), each for the
+    // longest window in force since it was seen.
+    let verifier = match Verifier::renewed(&config, live.verifier.as_ref())
+        .context("cannot start Single Packet Authorization")?
+    {
+        Some((verifier, saved)) => {
+            if let Err(e) = saved {
+                log::error!(
+                    "reload: {e:#}; SPA requests are refused until the replay file can be written"
+                );
+            }
+            Some(verifier)
+        }
+        None => None,
+    };
     let dropped = state
         .apply_keeping(&config)
         .context("cannot write the new configuration into the maps")?;
