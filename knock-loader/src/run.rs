@@ -224,10 +224,26 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                 guard.clear_ready();
             }
             guard = spa_ring.readable_mut(), if live.verifier.is_some() => {
-                let mut guard = guard?;
+                // Nothing on this path ends the loop: a bad request, a full disk or
+                // a failed write is an event or a log line, and the next request
+                // tries again.
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        log::error!("cannot read the SPA request ring buffer: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 // Kernel events first, so that its knocks print before an open.
-                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
-                next_one_time(&mut live.config, &mut state, &opened)?;
+                match output.drain(ring.get_mut(), &mut live.events, &state) {
+                    Ok(opened) => {
+                        if let Err(e) = next_one_time(&mut live.config, &mut state, &opened) {
+                            log::error!("{e:#}");
+                        }
+                    }
+                    Err(e) => log::error!("cannot read the kernel's events: {e:#}"),
+                }
                 if let Some(verifier) = live.verifier.as_mut() {
                     let requests = guard.get_inner_mut();
                     while let Some(item) = requests.next() {
