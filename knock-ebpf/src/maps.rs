@@ -9,7 +9,7 @@ use aya_ebpf::{
 use knock_common::{
     ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES,
     Meta, PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SequenceConfig, Settings, SourceAddr, SourceKey,
-    SpaBudget, SpaKeyId, SpaRequest,
+    SpaBudget, SpaCap, SpaCheckKey, SpaKeyId, SpaRequest,
 };
 
 /// What the pinned maps are (layout version, creator) in entry 0. Written by the
@@ -75,16 +75,23 @@ pub static XK_COUNTERS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::n
 #[btf_map(pin_by_name)]
 pub static XK_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
 
-/// The configured SPA clients' key ids (values unused). Written by the loader; a
-/// request with another key id is refused here, before it reaches the verifier.
+/// The configured SPA clients' key ids, each with its check key. Written by the
+/// loader; a request with another key id, or without its client's check value, is
+/// refused here, before it reaches the verifier or counts against any budget.
 #[btf_map(pin_by_name)]
-pub static XK_SPA_KEYS: HashMap<SpaKeyId, u8, { SPA_KEYS as usize }> = HashMap::new();
+pub static XK_SPA_KEYS: HashMap<SpaKeyId, SpaCheckKey, { SPA_KEYS as usize }> = HashMap::new();
 
-/// SPA requests per source in the current second, the per-source budget. Written by
-/// the kernel; LRU, so a flood from many sources evicts only budgets.
+/// SPA requests handed over and refusal events per source in the current second,
+/// the per-source budgets. Written by the kernel; LRU, so a flood from many sources
+/// evicts only budgets.
 #[btf_map(pin_by_name)]
 pub static XK_SPA_BUDGETS: LruHashMap<SourceAddr, SpaBudget, 65536> = LruHashMap::new();
 
 /// SPA requests for `xknock run` to verify. Written by the kernel.
 #[btf_map(pin_by_name)]
 pub static XK_SPA_REQUESTS: RingBuf<SpaRequest, { 64 * 1024 }> = RingBuf::new();
+
+/// Per CPU, SPA requests handed over and refusal events made in the current second,
+/// whatever their sources: the global cap. Written by the kernel.
+#[btf_map(pin_by_name)]
+pub static XK_SPA_CAP: PerCpuArray<SpaCap, 1> = PerCpuArray::new();

@@ -236,6 +236,8 @@ impl Events {
             EventKind::SpaRefused => {
                 let rejection = if ev.reason == SpaRefusal::UnknownKey as u8 {
                     Rejection::UnknownKey
+                } else if ev.reason == SpaRefusal::BadCheck as u8 {
+                    Rejection::BadCheck
                 } else {
                     Rejection::Malformed
                 };

@@ -17,7 +17,8 @@ use aya::{
 };
 use knock_common::{
     Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
-    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, SpaKeyId, map_names,
+    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, SpaCheckKey, SpaKeyId,
+    map_names,
 };
 
 /// Map update flags (aya passes them to the kernel as they are).
@@ -39,7 +40,7 @@ pub struct State {
     pub counters: PerCpuArray<MapData, u64>,
     pub bans: HashMap<MapData, SourceAddr, Ban>,
     pub access: LpmTrie<MapData, [u8; 16], u8>,
-    pub spa_keys: HashMap<MapData, SpaKeyId, u8>,
+    pub spa_keys: HashMap<MapData, SpaKeyId, SpaCheckKey>,
 }
 
 impl State {
@@ -231,17 +232,18 @@ impl State {
         Ok(())
     }
 
-    /// Makes `ids` the SPA key ids the kernel lets through, and no others.
-    pub fn set_spa_keys(&mut self, ids: &[SpaKeyId]) -> Result<()> {
+    /// Makes `keys` the SPA key ids (with their check keys) the kernel lets through,
+    /// and no others.
+    pub fn set_spa_keys(&mut self, keys: &[(SpaKeyId, SpaCheckKey)]) -> Result<()> {
         let stale: Vec<SpaKeyId> = self
             .spa_keys
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !ids.contains(k))
+            .filter(|k| !keys.iter().any(|(id, _)| id == k))
             .collect();
-        for id in ids {
+        for (id, check) in keys {
             self.spa_keys
-                .insert(id, &1, 0)
+                .insert(id, check, 0)
                 .context("cannot write the SPA key map (more than 1024 clients?)")?;
         }
         for id in stale {

@@ -5,9 +5,13 @@
 use std::{path::Path, time::Duration};
 
 use knock_common::{
-    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_MAX_PAYLOAD, SpaKeyId, SpaRefusal, port_rule_index,
+    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN, SPA_MAX_PAYLOAD,
+    SpaKeyId, SpaRefusal, port_rule_index,
 };
-use xknock::config::Config;
+use xknock::{
+    config::Config,
+    spa::{Key, KeyId, packet::checked_nonce},
+};
 use xknock_tests::{
     frame::Frame,
     harness::{A, A6, B, DROP, Harness, PASS},
@@ -16,6 +20,8 @@ use xknock_tests::{
 
 const SPA_PORT: u16 = 62201;
 const KEY_ID: [u8; 8] = *b"alice-01";
+/// alice's key ("ab" repeated, below).
+const KEY: [u8; 32] = [0xab; 32];
 
 /// `[spa]` on `port`, with one client whose key id is KEY_ID ("alice-01").
 fn spa_config(port: u16) -> String {
@@ -54,11 +60,22 @@ fn the_config_marks_the_spa_port_and_a_new_port_clears_the_old() {
     assert_eq!(h.state.spa_keys.keys().count(), 0, "no key ids left");
 }
 
-/// A request-shaped payload: version 1, `key_id`, then `len - 9` bytes of filler.
+/// A request-shaped payload: version 1, `key_id`, then `len - 9` bytes of filler;
+/// the check value in the nonce is wrong (what a spoofer without the key sends).
 fn payload(key_id: [u8; 8], len: usize) -> Vec<u8> {
     let mut p = vec![1];
     p.extend_from_slice(&key_id);
     p.extend((0..len.saturating_sub(9)).map(|i| i as u8));
+    p.truncate(len);
+    p
+}
+
+/// Like `payload` with KEY_ID, and a nonce (from `seed`) with alice's check value:
+/// what the kernel hands over (at least SPA_HEADER_LEN bytes).
+fn checked(len: usize, seed: u8) -> Vec<u8> {
+    let mut p = payload(KEY_ID, len.max(SPA_HEADER_LEN));
+    let nonce = checked_nonce(KeyId(KEY_ID), &Key::from_bytes(KEY), [seed; 16]);
+    p[9..SPA_HEADER_LEN].copy_from_slice(&nonce);
     p.truncate(len);
     p
 }
@@ -70,8 +87,8 @@ fn request(src: &str, payload: &[u8]) -> Frame {
 #[test]
 fn a_request_from_a_known_key_reaches_userspace_whole_and_is_dropped() {
     let mut h = harness();
-    for (src, len) in [(A, 9), (A6, 120), (B, SPA_MAX_PAYLOAD)] {
-        let p = payload(KEY_ID, len);
+    for (src, len) in [(A, SPA_HEADER_LEN), (A6, 120), (B, SPA_MAX_PAYLOAD)] {
+        let p = checked(len, 1);
         assert_eq!(h.send(&request(src, &p)), DROP, "the SPA port never passes");
         let got = h.spa_requests();
         assert_eq!(got.len(), 1, "one request handed over from {src}");
@@ -96,6 +113,9 @@ fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
         (payload(*b"mallory!", 60), SpaRefusal::UnknownKey),
         (wrong_version, SpaRefusal::Malformed),
         (payload(KEY_ID, 8), SpaRefusal::Malformed),
+        (checked(SPA_HEADER_LEN - 1, 1), SpaRefusal::Malformed),
+        (payload(KEY_ID, 60), SpaRefusal::BadCheck),
+        (checked(60, 2)[..].iter().enumerate().map(|(i, b)| if i == 20 { b ^ 1 } else { *b }).collect(), SpaRefusal::BadCheck),
         (vec![], SpaRefusal::Malformed),
         (payload(KEY_ID, SPA_MAX_PAYLOAD + 1), SpaRefusal::Malformed),
     ];
@@ -125,9 +145,10 @@ fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
     // A TCP packet to the same port number is not a request (and nothing protects it).
     assert_eq!(h.send(&Frame::syn(A, SPA_PORT)), PASS);
     // A truncated frame whose UDP length claims a payload it does not carry.
-    let mut short = request(A, &payload(KEY_ID, 60)).build();
-    // Its key id is there, the rest is not: the copy to the ring fails.
-    short.truncate(short.len() - 40);
+    let mut short = request(A, &checked(60, 3)).build();
+    // Its header (with a good check value) is there, the rest is not: the copy to
+    // the ring fails.
+    short.truncate(short.len() - 20);
     assert_eq!(h.run(&short), DROP);
     assert!(h.spa_requests().is_empty());
     assert_eq!(h.counter(Counter::SpaRefused), refused.len() as u64 + 1);
@@ -149,7 +170,7 @@ fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
 #[test]
 fn each_source_gets_a_budget_per_second_and_the_rest_is_shed() {
     let mut h = harness();
-    let p = payload(KEY_ID, 80);
+    let p = checked(80, 1);
     for _ in 0..SPA_BUDGET + 3 {
         assert_eq!(h.send(&request(A, &p)), DROP);
     }
@@ -162,8 +183,8 @@ fn each_source_gets_a_budget_per_second_and_the_rest_is_shed() {
     h.advance(Duration::from_secs(1));
     h.send(&request(A, &p));
     assert_eq!(h.spa_requests().len(), 1);
-    // What the kernel refuses is counted against the same budget, so a flood of
-    // garbage from one source costs at most 4 events a second.
+    // What the kernel refuses has a budget of its own, so a flood of garbage from
+    // one source costs at most 4 events a second, and none of its requests' budget.
     let garbage = payload(*b"mallory!", 80);
     for _ in 0..SPA_BUDGET + 3 {
         h.send(&request(B, &garbage));
@@ -174,13 +195,88 @@ fn each_source_gets_a_budget_per_second_and_the_rest_is_shed() {
         .filter(|e| e.kind == EventKind::SpaRefused as u8)
         .count();
     assert_eq!(refusals, SPA_BUDGET as usize);
-    assert_eq!(h.counter(Counter::SpaShed), 3 + 3);
+    assert_eq!(h.counter(Counter::SpaShed), 3, "refusals are not shed requests");
+    assert_eq!(h.counter(Counter::SpaRefused), u64::from(SPA_BUDGET) + 3);
+    h.send(&request(B, &p));
+    assert_eq!(h.spa_requests().len(), 1, "B's request budget is untouched");
+}
+
+#[test]
+fn a_spoofed_flood_with_a_clients_address_and_key_id_never_sheds_its_request() {
+    let mut h = harness();
+    // A blind spoofer: the victim's address and key id, nonces without the check
+    // value (it has no key), far over any budget.
+    for i in 0..1000u32 {
+        let mut p = payload(KEY_ID, 120);
+        p[9..13].copy_from_slice(&i.to_le_bytes());
+        assert_eq!(h.send(&request(A, &p)), DROP);
+    }
+    assert!(h.spa_requests().is_empty(), "none of it reaches run");
+    assert_eq!(h.counter(Counter::SpaRefused), 1000);
+    assert_eq!(h.counter(Counter::SpaShed), 0);
+    let refusals = h.events();
+    assert_eq!(refusals.len(), SPA_BUDGET as usize, "4 events a second");
+    assert!(
+        refusals
+            .iter()
+            .all(|e| e.reason == SpaRefusal::BadCheck as u8)
+    );
+    // The victim's own request, in the same second, is handed over: every time.
+    for seed in 0..SPA_BUDGET as u8 {
+        h.send(&request(A, &checked(120, seed)));
+    }
+    assert_eq!(h.spa_requests().len(), SPA_BUDGET as usize);
+}
+
+/// Runs the rest of the test on CPU 0: the cap is per CPU, and test-run runs the
+/// program on the calling thread's CPU.
+fn on_cpu0() {
+    // SAFETY: a cpu_set_t of zeros with bit 0 set, for this thread alone.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(ok, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_flood_from_many_sources_is_capped_per_cpu() {
+    on_cpu0();
+    let mut h = harness();
+    let source = |i: u32| format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+    // Requests with good check values (a key holder, or copies of a real request),
+    // each from its own source and so within its budget: the CPU hands over at most
+    // SPA_CAP_REQUESTS a second, the rest is shed.
+    let mut handed = 0;
+    let sent = SPA_CAP_REQUESTS + 100;
+    for i in 0..sent {
+        h.send(&request(&source(i + 1), &checked(60, 1)));
+        if i % 64 == 63 {
+            handed += h.spa_requests().len() as u32;
+        }
+    }
+    handed += h.spa_requests().len() as u32;
+    assert_eq!(handed, SPA_CAP_REQUESTS);
+    assert_eq!(h.counter(Counter::SpaShed), u64::from(sent - SPA_CAP_REQUESTS));
+    // Refusals likewise: at most SPA_CAP_EVENTS events a second, all still counted.
+    let garbage = payload(*b"mallory!", 80);
+    let sent_garbage = SPA_CAP_EVENTS + 100;
+    for i in 0..sent_garbage {
+        h.send(&request(&source(i + 1), &garbage));
+    }
+    assert_eq!(h.events().len(), SPA_CAP_EVENTS as usize);
+    assert_eq!(h.counter(Counter::SpaRefused), u64::from(sent_garbage));
+    // A second later the cap is back.
+    h.advance(Duration::from_secs(1));
+    h.send(&request(A, &checked(60, 2)));
+    assert_eq!(h.spa_requests().len(), 1);
 }
 
 #[test]
 fn a_full_ring_buffer_loses_requests_countably_and_recovers() {
     let mut h = harness();
-    let p = payload(KEY_ID, SPA_MAX_PAYLOAD);
+    let p = checked(SPA_MAX_PAYLOAD, 1);
     // 64 KiB holds about 119 requests of 552 bytes with their headers.
     let sent = 200;
     for i in 0..sent {
@@ -199,7 +295,7 @@ fn listed_sources_are_dropped_too_and_denied_ones_never_reach_userspace() {
         "allow = [\"{A}/32\"]\ndeny = [\"{B}/32\"]\n{}",
         spa_config(SPA_PORT)
     ));
-    let p = payload(KEY_ID, 80);
+    let p = checked(80, 1);
     assert_eq!(
         h.send(&request(A, &p)),
         DROP,
@@ -212,4 +308,28 @@ fn listed_sources_are_dropped_too_and_denied_ones_never_reach_userspace() {
         "a denied source's request is not handed over"
     );
     assert_eq!(h.counter(Counter::DropDenied), 1);
+}
+
+/// Not a test: the in-kernel cost of each kind of datagram to the SPA port, for the
+/// README (`cargo test --test kernel_spa -- --ignored --nocapture`). No assertions
+/// on time.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn measure_the_cost_of_each_kind_of_datagram() {
+    let h = harness();
+    let kinds = [
+        ("unrelated UDP", Frame::udp(A, 5353).payload(&[0; 120]).build()),
+        ("unknown key id", request(A, &payload(*b"mallory!", 120)).build()),
+        ("bad check value", request(A, &payload(KEY_ID, 120)).build()),
+        ("good check value, over budget (shed)", request(B, &checked(120, 1)).build()),
+    ];
+    for _ in 0..3 {
+        for (name, bytes) in &kinds {
+            let best = (0..15)
+                .map(|_| h.time(bytes, 200_000))
+                .min()
+                .unwrap_or_default();
+            println!("{name}: {} ns", best.as_nanos());
+        }
+    }
 }

@@ -28,7 +28,7 @@ fn fingerprint(text: &str) -> u64 {
 
 /// The layout version and the fingerprint of the types (and the counter slots' and
 /// flags' values) it stands for.
-const RECORDED: (u32, u64) = (1, 0x2778_08a4_779f_af65);
+const RECORDED: (u32, u64) = (2, 0xbc95_7397_a494_5b55);
 
 #[test]
 fn layout_snapshot() {
@@ -49,7 +49,9 @@ fn layout_snapshot() {
         Flow { last_ns, idle_timeout_ns }
         Event { ts_ns, addr, kind, seq, step, of, reason, proto, port }
         SpaKeyId { id }
-        SpaBudget { window_start_ns, requests, _pad }
+        SpaCheckKey { k }
+        SpaBudget { window_start_ns, requests, refusals }
+        SpaCap { window_start_ns, requests, refusals }
         SpaRequest { ts_ns, addr, len, _pad, payload }
     };
     // What the values mean counts too: counter slots and array sizes.

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_SPA, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED,
-    SEQ_STRICT, SequenceConfig, Settings, SpaKeyId, port_rule_index,
+    SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
 };
 
 use super::{Config, Knock, Sequence, nanos};
@@ -121,10 +121,12 @@ impl Config {
             .collect()
     }
 
-    /// The SPA clients' key ids, for the kernel's key-id map.
-    pub fn spa_key_ids(&self) -> Vec<SpaKeyId> {
+    /// The SPA clients' key ids with their check keys, for the kernel's key-id map.
+    pub fn spa_key_ids(&self) -> Vec<(SpaKeyId, SpaCheckKey)> {
         let clients = self.spa.iter().flat_map(|s| &s.clients);
-        clients.map(|c| SpaKeyId { id: c.key_id.0 }).collect()
+        clients
+            .map(|c| (SpaKeyId { id: c.key_id.0 }, c.key.check_key()))
+            .collect()
     }
 
     /// The strict sequences' bits (twins included).

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     keys::ClientKey,
-    packet::{self, Access, NONCE_LEN, Request},
+    packet::{self, Access, Request},
     verify::unix_ms,
 };
 use crate::config::{Knock, is_plain_name};
@@ -39,10 +39,12 @@ pub fn request(
     })
 }
 
-/// Seals `request` with `key` and a fresh random nonce: the datagram to send.
+/// Seals `request` with `key` and a fresh nonce (16 random bytes and their check
+/// value): the datagram to send.
 pub fn seal(key: &ClientKey, request: &Request) -> Result<Vec<u8>> {
-    let mut nonce = [0; NONCE_LEN];
-    getrandom::fill(&mut nonce).context("the OS random number generator failed")?;
+    let mut random = [0; 16];
+    getrandom::fill(&mut random).context("the OS random number generator failed")?;
+    let nonce = packet::checked_nonce(key.key_id, &key.key, random);
     packet::seal(key.key_id, &key.key, nonce, request)
 }
 

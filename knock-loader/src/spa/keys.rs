@@ -16,6 +16,8 @@ use chacha20poly1305::{KeyInit as _, XChaCha20Poly1305};
 use hex::FromHex as _;
 use serde::{Deserialize, Serialize};
 
+use knock_common::SpaCheckKey;
+
 use super::DEFAULT_PORT;
 
 /// The public name of a client's key, sent in the clear at the start of every request.
@@ -83,7 +85,29 @@ impl Key {
     pub fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&self.0.into())
     }
+
+    /// The check key the kernel holds for this key's key id: the first 16 bytes of
+    /// SHA-256 of "xknock spa check v1", a NUL and the key, as two little-endian
+    /// words. It shows nothing of the key, and lets the kernel check a request's
+    /// check value ([`knock_common::spa_check`]) without holding the key.
+    pub fn check_key(&self) -> SpaCheckKey {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(CHECK_LABEL)
+            .chain_update([0])
+            .chain_update(self.0)
+            .finalize();
+        let mut words = [0u64; 2];
+        for (w, chunk) in words.iter_mut().zip(digest.chunks_exact(8)) {
+            let mut b = [0; 8];
+            b.copy_from_slice(chunk);
+            *w = u64::from_le_bytes(b);
+        }
+        SpaCheckKey { k: words }
+    }
 }
+
+const CHECK_LABEL: &[u8] = b"xknock spa check v1";
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

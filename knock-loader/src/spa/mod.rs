@@ -49,6 +49,8 @@ pub enum Rejection {
     Malformed,
     /// No client has the key id.
     UnknownKey,
+    /// The nonce's check value is not the client's (refused in the kernel).
+    BadCheck,
     /// The tag did not check out: another key, or altered on the way.
     BadTag,
     /// The request's timestamp is more than `window` in the past.
@@ -79,6 +81,7 @@ impl Rejection {
         match self {
             Rejection::Malformed => "malformed",
             Rejection::UnknownKey => "unknown_key",
+            Rejection::BadCheck => "bad_check",
             Rejection::BadTag => "bad_tag",
             Rejection::Stale { .. } => "stale",
             Rejection::Future { .. } => "future",
@@ -97,6 +100,9 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::Malformed => f.write_str("not a well-formed SPA request"),
             Rejection::UnknownKey => f.write_str("no client has this key id"),
+            Rejection::BadCheck => f.write_str(
+                "the nonce's check value is not the client's (sent by someone without the key)",
+            ),
             Rejection::BadTag => f.write_str("authentication failed (another key, or altered on the way)"),
             Rejection::Stale { skew, window } => write!(
                 f,

@@ -139,6 +139,26 @@ impl Request {
     }
 }
 
+/// The nonce of a request: `random` (16 fresh random bytes), then the check value
+/// under `key`'s check key (README, "Wire format"), which the kernel verifies.
+pub fn checked_nonce(key_id: KeyId, key: &Key, random: [u8; 16]) -> [u8; NONCE_LEN] {
+    let word = |b: &[u8]| {
+        let mut w = [0; 8];
+        w.copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let check = knock_common::spa_check(
+        &key.check_key(),
+        u64::from_le_bytes(key_id.0),
+        word(&random[..8]),
+        word(&random[8..]),
+    );
+    let mut nonce = [0; NONCE_LEN];
+    nonce[..16].copy_from_slice(&random);
+    nonce[16..].copy_from_slice(&check.to_le_bytes());
+    nonce
+}
+
 /// Seals `request` for the client `key_id`/`key` with `nonce` (which must be fresh and
 /// random for every request): the UDP payload to send.
 pub fn seal(key_id: KeyId, key: &Key, nonce: [u8; NONCE_LEN], request: &Request) -> Result<Vec<u8>> {
@@ -323,6 +343,37 @@ mod tests {
              404142434445464748494a4b4c4d4e4f5051525354555657\
              d45555b470e179168ff487beaf9d6591e1c9c590\
              50ebcb26029ce72239d7e9b5955a3b"
+        );
+    }
+
+    /// The README's test vector of the check value, and the request sealed with it.
+    #[test]
+    fn the_readme_check_vector() {
+        let key = Key::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+            .expect("valid key");
+        let id: KeyId = "0123456789abcdef".parse().expect("valid id");
+        let check = key.check_key();
+        let random: [u8; 16] = std::array::from_fn(|i| 0x40 + i as u8);
+        let nonce = checked_nonce(id, &key, random);
+        let request = Request {
+            timestamp_ms: 1_790_000_000_000,
+            open_for_s: 0,
+            addr: None,
+            access: vec![Access::Sequence("ssh".into())],
+        };
+        let packet = seal(id, &key, nonce, &request).expect("seals");
+        // Checked against an independent SHA-256 and SipHash-2-4 (Python's hashlib
+        // and the paper's algorithm).
+        let check_bytes: Vec<u8> = check.k.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(hex::encode(check_bytes), "3ed08d2c5ab391ecee0b5138068ad214");
+        assert_eq!(hex::encode(&nonce[16..]), "b4a01387208f4bc5");
+        assert_eq!(
+            hex::encode(&packet),
+            "01\
+             0123456789abcdef\
+             404142434445464748494a4b4c4d4e4fb4a01387208f4bc5\
+             3ed6ea8c106a1e420a78749b17ce827c78f8d590\
+             094f09e00a467b55c486efe53b0905"
         );
     }
 

@@ -897,4 +897,37 @@ mod tests {
             );
         }
     }
+
+    /// Not a test: how fast the verifier refuses what a spoofer could hand it (a
+    /// request-shaped datagram under a client's key id, a bad tag), and refuses a
+    /// replay, for the README (`cargo test --release -p knock-loader verifier_rate
+    /// -- --ignored --nocapture`). No assertions on time.
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn verifier_rate() {
+        let mut rig = Rig::new();
+        let valid = rig.alice(&request(vec![Access::Sequence("ssh".into())]));
+        let mut forged = valid.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(rig.verify(SOURCE, &valid, T0).is_ok());
+        for (name, packet, want) in [
+            ("bad tag", &forged, "bad_tag"),
+            ("replayed", &valid, "replayed"),
+        ] {
+            let n = 200_000;
+            let started = std::time::Instant::now();
+            for _ in 0..n {
+                let r = rig.verify(SOURCE, packet, T0);
+                assert_eq!(r.err().map(|e| e.reason()), Some(want));
+            }
+            let took = started.elapsed();
+            println!(
+                "{name} ({} bytes): {:.2} us each, {:.0} a second",
+                packet.len(),
+                took.as_secs_f64() * 1e6 / f64::from(n),
+                f64::from(n) / took.as_secs_f64()
+            );
+        }
+    }
 }
