@@ -9,6 +9,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod fault;
 pub mod hint;
 pub mod ifaces;
 pub mod knockd;

@@ -286,6 +286,26 @@ impl State {
         removed
     }
 
+    /// Removes `key`'s authorization if it is still expired at `now_ns`; false if it
+    /// was renewed or is gone. The kernel renews in place, so between a read and a
+    /// delete a re-knock may have renewed it: the delete returns what it removed, and
+    /// a renewal found there is put back at once (unless the kernel made a new one).
+    pub fn unauthorize_expired(&mut self, key: &SourceKey, now_ns: u64) -> Result<bool> {
+        let Some(removed) = lookup_and_delete(&self.authorized, key)? else {
+            return Ok(false);
+        };
+        if removed.expires_ns <= now_ns {
+            self.auth_hint.uncount(&key.addr);
+            return Ok(true);
+        }
+        // Renewed: its count in the hint stays with it.
+        if self.authorized.insert(key, &removed, BPF_NOEXIST).is_err() {
+            // The kernel added one meanwhile and counted it: ours goes.
+            self.auth_hint.uncount(&key.addr);
+        }
+        Ok(false)
+    }
+
     /// Verdict counters summed over CPUs, in `Counter` order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
         (0..COUNTERS)
@@ -412,4 +432,40 @@ pub fn source_key(addr: IpAddr, seq: u8) -> SourceKey {
         seq,
         _pad: [0; 3],
     }
+}
+
+/// BPF_MAP_LOOKUP_AND_DELETE_ELEM: removes `key` and returns the value removed, in
+/// one step (aya has it for queues and stacks only).
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+    let attr = Attr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: key and value point to buffers of the map's key and value sizes, alive
+    // for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, &raw const attr, size_of::<Attr>()) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(e).context("cannot remove an authorization");
+    }
+    // SAFETY: the kernel wrote the whole value; V is plain data.
+    Ok(Some(unsafe { value.assume_init() }))
 }

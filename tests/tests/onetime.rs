@@ -15,6 +15,8 @@ fn each_one_time_sequence_opens_once_and_the_file_remembers_across_a_restart() {
         "# knockd's format works too\n31000,31001:udp,31002\n32000/udp 32001\n",
     )
     .expect("write");
+    // A secret, like a key: run refuses it if others may read it.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let mut s = Setup::with_config(&format!(
         "\n[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\nopen_for = \"1s\"\n",
         file.display()
