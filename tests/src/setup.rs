@@ -187,7 +187,7 @@ impl Setup {
             if attached {
                 return;
             }
-            assert!(Instant::now() < deadline, "xknock run did not attach within 20s");
+            assert!(Instant::now() < deadline, "xknock run did not attach within 20s; its log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -220,6 +220,18 @@ impl Setup {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `xknock reload`, then waits until `expect` is in run's log `times` times.
+    pub fn reload(&self, times: usize, expect: &str) {
+        let pin = self.fs.pin_dir();
+        let out = self.xknock(&self.hosts.server, &["reload", "--pin-dir", pin.to_str().expect("utf-8")]);
+        assert!(out.contains("asked xknock run"), "{out}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(expect).count() < times {
+            assert!(Instant::now() < deadline, "no {expect:?} in run's log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

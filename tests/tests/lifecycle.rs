@@ -2,10 +2,7 @@
 //! (as an upgrade does), one refused for maps of another layout or size, `down`,
 //! reload, and interfaces that go down, appear late, or are created again.
 
-use std::{
-    fs, thread,
-    time::{Duration, Instant},
-};
+use std::fs;
 
 use aya::maps::{Array, Map, MapData};
 use knock_common::{LAYOUT_VERSION, Meta, map_names};
@@ -149,23 +146,7 @@ fn reload_moves_authorizations_with_their_sequence_and_refuses_an_invalid_config
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Setup::new();
     let config = s.dir.join("xknock.toml");
-    let pin = s.fs.pin_dir();
-    let reload = |times: usize, expect: &str| {
-        let out = s.xknock(
-            &s.hosts.server,
-            &["reload", "--pin-dir", pin.to_str().expect("utf-8")],
-        );
-        assert!(out.contains("asked xknock run"), "{out}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.log().matches(expect).count() < times {
-            assert!(
-                Instant::now() < deadline,
-                "no {expect:?} in run's log:\n{}",
-                s.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let reload = |times: usize, expect: &str| s.reload(times, expect);
     let (c0, c1) = (s.hosts.clients[0].v4, s.hosts.clients[1].v4);
     fs::write(
         &config,
