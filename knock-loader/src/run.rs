@@ -191,17 +191,31 @@ struct Daemon {
     spender: Spender,
     /// The time-based slots last written; empty forces a rewrite.
     slots: Vec<crate::config::Sequence>,
-    /// The tables must be rewritten from the config in force (a write failed).
+    /// The tables must be rewritten from the config in force (changed, or a write
+    /// failed).
     stale: bool,
+    /// A failed rewrite was logged; said again only after one succeeds.
+    failing: bool,
 }
 
 impl Daemon {
     /// Spends the one-time sequences that opened, and rewrites the tables if they
     /// changed (the target config's, when a reload is pending).
     fn opened(&mut self, opened: &[String]) {
-        if opened.is_empty() && !self.spender.pending() {
-            return;
+        if !opened.is_empty() {
+            self.spend(opened);
         }
+    }
+
+    /// What waits for a retry: one-time marks and files, and tables whose write failed.
+    fn retry(&mut self) {
+        if self.spender.pending() {
+            self.spend(&[]);
+        }
+        self.rewrite();
+    }
+
+    fn spend(&mut self, opened: &[String]) {
         let config = match &mut self.pending {
             Some(p) => &mut p.config,
             None => &mut self.live.config,
@@ -228,18 +242,20 @@ impl Daemon {
                 log::debug!("sequence tables rewritten (a new period, a grace's end, a one-time line)");
                 self.slots = next;
                 self.stale = false;
+                self.failing = false;
             }
             Err(e) => {
-                if !self.stale {
+                if !self.failing {
                     log::error!("cannot rewrite the sequence tables: {e:#}; retrying");
                 }
                 self.stale = true;
+                self.failing = true;
             }
         }
     }
 
     /// Validates a reload whole, then starts putting it in force.
-    fn reload(&mut self, opts: &RunOptions, output: &Output, ifaces: &mut Interfaces, xdp: &mut aya::programs::Xdp) {
+    fn reload(&mut self, opts: &RunOptions, output: &mut Output, ifaces: &mut Interfaces, xdp: &mut aya::programs::Xdp) {
         match prepare(opts, &self.live, &self.spender) {
             Ok((config, verifier)) => {
                 if let Err(e) = ifaces.set(xdp, &config.interfaces) {
@@ -257,7 +273,7 @@ impl Daemon {
     }
 
     /// Writes a pending reload into the kernel; on success it is the config in force.
-    fn finish_reload(&mut self, opts: &RunOptions, output: &Output) {
+    fn finish_reload(&mut self, opts: &RunOptions, output: &mut Output) {
         let Some(pending) = self.pending.as_mut() else { return };
         match self.state.apply_keeping(&pending.config, &mut self.carried) {
             Ok(dropped) => {
@@ -278,6 +294,7 @@ impl Daemon {
                 }
                 self.live.config = pending.config;
                 self.live.verifier = pending.verifier;
+                output.commands.set_hooks(&self.live.config);
                 self.slots = vec![];
                 self.stale = false;
             }
@@ -361,6 +378,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         // Empty: the first tick rewrites them, in case a period ended since `apply`.
         slots: vec![],
         stale: false,
+        failing: false,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
@@ -397,13 +415,14 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                 }
                 Err(e) => log::error!("cannot wait for SPA requests: {e}"),
             },
-            _ = rotate.tick(), if timed || d.stale => d.rewrite(),
+            _ = rotate.tick(), if timed => d.rewrite(),
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not
                 // mistaken for one added by `xknock allow`.
                 let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
                 d.opened(&opened);
-                d.finish_reload(&opts, &output);
+                d.retry();
+                d.finish_reload(&opts, &mut output);
                 match d.live.events.sweep(&mut d.state) {
                     Ok(lines) => lines.into_iter().for_each(|line| output.emit(line)),
                     Err(e) => log::error!("cannot sweep the authorizations: {e:#}; retrying"),
@@ -426,10 +445,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                 let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
                 d.opened(&opened);
                 if let Ok(xdp) = attach::program(&mut ebpf) {
-                    d.reload(&opts, &output, &mut ifaces, xdp);
-                    if d.pending.is_none() {
-                        output.commands.set_hooks(&d.live.config);
-                    }
+                    d.reload(&opts, &mut output, &mut ifaces, xdp);
                 }
             }
             _ = sigint.recv() => break,

@@ -5,6 +5,23 @@ use std::time::Duration;
 
 use xknock_tests::setup::{SERIAL, Setup};
 
+/// The `open` events of sequence "door" so far.
+fn opens(s: &Setup) -> usize {
+    s.events()
+        .iter()
+        .filter(|e| e["event"] == "open" && e["sequence"] == "door")
+        .count()
+}
+
+/// Client 0 knocks `knocks` on the server, then gives `run` a moment.
+fn knock(s: &Setup, knocks: &[&str]) {
+    let server = s.hosts.server_v4[0].to_string();
+    let mut args = vec!["knock", server.as_str(), "--delay", "20ms"];
+    args.extend_from_slice(knocks);
+    s.xknock(s.client(0), &args);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 #[test]
 fn each_one_time_sequence_opens_once_and_the_file_remembers_across_a_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -21,19 +38,7 @@ fn each_one_time_sequence_opens_once_and_the_file_remembers_across_a_restart() {
         "\n[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\nopen_for = \"1s\"\n",
         file.display()
     ));
-    let (server, client) = (s.hosts.server_v4[0].to_string(), s.hosts.clients[0].v4);
-    let opens = |s: &Setup| {
-        s.events()
-            .iter()
-            .filter(|e| e["event"] == "open" && e["sequence"] == "door")
-            .count()
-    };
-    let knock = |s: &Setup, knocks: &[&str]| {
-        let mut args = vec!["knock", server.as_str(), "--delay", "20ms"];
-        args.extend_from_slice(knocks);
-        s.xknock(s.client(0), &args);
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let client = s.hosts.clients[0].v4;
     let first = ["31000", "31001/udp", "31002"];
     knock(&s, &first);
     assert_eq!(s.wait_event("open", client)["sequence"], "door");
@@ -90,15 +95,8 @@ fn a_used_line_stays_used_when_its_file_cannot_be_written() {
         "\n[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\nopen_for = \"1s\"\n",
         file.display()
     ));
-    let (server, client) = (s.hosts.server_v4[0].to_string(), s.hosts.clients[0].v4);
+    let client = s.hosts.clients[0].v4;
     let probe = s.probe(1, s.hosts.server_v4[1], 22);
-    let opens = |s: &Setup| s.events().iter().filter(|e| e["event"] == "open" && e["sequence"] == "door").count();
-    let knock = |s: &Setup, knocks: &[&str]| {
-        let mut args = vec!["knock", server.as_str(), "--delay", "20ms"];
-        args.extend_from_slice(knocks);
-        s.xknock(s.client(0), &args);
-        std::thread::sleep(Duration::from_millis(500));
-    };
     let first = ["31000", "31001/udp", "31002"];
     knock(&s, &first);
     s.wait_event("open", client);
