@@ -158,7 +158,10 @@ impl Interfaces {
                 continue;
             };
             match self.lookup.index(&name) {
-                Err(e) => iface.report(&name, format!("cannot look the interface up ({e}): its filter stays as it is")),
+                Err(e) => iface.report(
+                    &name,
+                    format!("cannot look the interface up ({e}): its filter stays as it is"),
+                ),
                 Ok(None) if iface.ifindex != 0 => {
                     // The kernel detached the link with the interface; its pin is
                     // cleared when the interface comes back.
@@ -279,7 +282,14 @@ impl LinkEvents {
         let mut buf = [0u8; 8192];
         loop {
             // SAFETY: recv writes at most the buffer's length into it.
-            let n = unsafe { libc::recv(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
             if n >= 0 {
                 continue;
             }

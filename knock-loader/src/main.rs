@@ -278,7 +278,8 @@ fn real_main() -> Result<()> {
             };
             // SAFETY: a plain signal to the process holding the pin directory's lock.
             if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
-                return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot signal pid {pid}"));
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot signal pid {pid}"));
             }
             println!("asked xknock run (pid {pid}) to reload; it logs the outcome");
             Ok(())

@@ -458,7 +458,14 @@ fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key
     };
     // SAFETY: key and value point to buffers of the map's key and value sizes, alive
     // for the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, &raw const attr, size_of::<Attr>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            size_of::<Attr>(),
+        )
+    };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ENOENT) {

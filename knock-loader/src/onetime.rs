@@ -86,7 +86,10 @@ pub fn mark_used(path: &Path, line: usize) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.xknock-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         if fault::injected("onetime-write") {
@@ -133,7 +136,10 @@ impl Spender {
     pub fn opened(&mut self, config: &mut Config, opened: &[String]) -> bool {
         let mut changed = false;
         for name in opened {
-            let spendable = config.sequences.iter().any(|s| &s.name == name && s.one_time.is_some());
+            let spendable = config
+                .sequences
+                .iter()
+                .any(|s| &s.name == name && s.one_time.is_some());
             if spendable && !self.unread.contains(name) {
                 self.unread.push(name.clone());
             }
@@ -152,18 +158,26 @@ impl Spender {
                     }
                     s.knocks = match lines.get(1) {
                         Some((line, knocks)) => {
-                            log::info!("{name}: one-time sequence used; line {line} of {} is next", path.display());
+                            log::info!(
+                                "{name}: one-time sequence used; line {line} of {} is next",
+                                path.display()
+                            );
                             knocks.clone()
                         }
                         None => {
-                            log::warn!("{name}: every one-time sequence in {} is used: add more", path.display());
+                            log::warn!(
+                                "{name}: every one-time sequence in {} is used: add more",
+                                path.display()
+                            );
                             vec![]
                         }
                     };
                 }
                 Err(e) => {
                     // Fail closed: nothing opens this sequence until its file is read.
-                    self.report(format!("{name}: {e:#}; the sequence is closed until the file can be read"));
+                    self.report(format!(
+                        "{name}: {e:#}; the sequence is closed until the file can be read"
+                    ));
                     s.knocks = vec![];
                     self.unread.push(name);
                 }
@@ -179,7 +193,9 @@ impl Spender {
         let pending = std::mem::take(&mut self.unwritten);
         for (path, line) in pending {
             if let Err(e) = mark_used(&path, line) {
-                self.report(format!("{e:#}; the line stays used in memory, and the write is retried"));
+                self.report(format!(
+                    "{e:#}; the line stays used in memory, and the write is retried"
+                ));
                 self.unwritten.push((path, line));
             }
         }
@@ -200,7 +216,12 @@ impl Spender {
             if self.unread.contains(&s.name) {
                 s.knocks = vec![];
             } else if self.unwritten.iter().any(|(p, _)| *p == path) {
-                s.knocks = self.unused(&path)?.into_iter().next().map(|(_, k)| k).unwrap_or_default();
+                s.knocks = self
+                    .unused(&path)?
+                    .into_iter()
+                    .next()
+                    .map(|(_, k)| k)
+                    .unwrap_or_default();
             }
         }
         Ok(())
@@ -209,7 +230,10 @@ impl Spender {
     /// The file's unused lines less those spent but not yet marked.
     fn unused(&self, path: &Path) -> Result<Vec<(usize, Vec<Knock>)>> {
         let spent = |line: &usize| self.unwritten.iter().any(|(p, l)| p == path && l == line);
-        Ok(unused(path)?.into_iter().filter(|(line, _)| !spent(line)).collect())
+        Ok(unused(path)?
+            .into_iter()
+            .filter(|(line, _)| !spent(line))
+            .collect())
     }
 
     fn report(&mut self, problem: String) {
@@ -244,7 +268,11 @@ mod tests {
         mark_used(&path, 1).expect("mark");
         let mode = fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let left: Vec<_> = fs::read_dir(dir.path()).expect("list").flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(left, ["otp"], "no temporary file left");
     }
 
@@ -259,8 +287,17 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &tmp).expect("symlink");
         mark_used(&path, 1).expect("mark");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched\n");
-        assert!(fs::read_to_string(&path).expect("read").starts_with("#1000,2000\n"));
-        assert!(!fs::symlink_metadata(&path).expect("exists").file_type().is_symlink());
+        assert!(
+            fs::read_to_string(&path)
+                .expect("read")
+                .starts_with("#1000,2000\n")
+        );
+        assert!(
+            !fs::symlink_metadata(&path)
+                .expect("exists")
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

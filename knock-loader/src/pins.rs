@@ -184,7 +184,9 @@ pub fn holder(pin_dir: &Path) -> Result<Option<u32>> {
         Err(e) => return Err(e).with_context(|| format!("cannot open the lock {}", path.display())),
     };
     // A shared lock is refused only while a `run` holds the exclusive one.
-    if flock(&file, libc::LOCK_SH | libc::LOCK_NB).with_context(|| format!("cannot lock {}", path.display()))? {
+    if flock(&file, libc::LOCK_SH | libc::LOCK_NB)
+        .with_context(|| format!("cannot lock {}", path.display()))?
+    {
         return Ok(None);
     }
     read_pid(&path)

@@ -96,7 +96,8 @@ impl State {
                 .context("cannot disarm a sequence slot")?;
         }
         // 2. Empty those slots, keeping what moves.
-        let current: Vec<(SourceKey, Authorization)> = self.authorized.iter().filter_map(Result::ok).collect();
+        let current: Vec<(SourceKey, Authorization)> =
+            self.authorized.iter().filter_map(Result::ok).collect();
         let mut dropped = vec![];
         for (key, auth) in &current {
             if !changed.contains(&key.seq) {
@@ -132,7 +133,11 @@ impl State {
             };
             let key = SourceKey { seq, ..key };
             // One the kernel made meanwhile (the client knocked again) may last longer.
-            let later = self.authorized.get(&key, 0).ok().filter(|a| a.expires_ns >= auth.expires_ns);
+            let later = self
+                .authorized
+                .get(&key, 0)
+                .ok()
+                .filter(|a| a.expires_ns >= auth.expires_ns);
             if later.is_none()
                 && let Err(e) = self.authorize(&key, &auth)
             {

@@ -101,13 +101,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
 /// Raises the soft limit on open descriptors to the hard one: a service manager's
 /// usual 1024 is a limit a local user can reach through `--metrics`.
 fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit and setrlimit read and write only the struct passed.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                log::warn!("cannot raise the descriptor limit: {}", std::io::Error::last_os_error());
+                log::warn!(
+                    "cannot raise the descriptor limit: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
     }
@@ -135,7 +141,12 @@ impl Output {
     }
 
     /// Prints the kernel's events; returns the names of the sequences that opened.
-    fn drain(&self, ring: &mut RingBuf<aya::maps::MapData>, events: &mut Events, state: &State) -> Vec<String> {
+    fn drain(
+        &self,
+        ring: &mut RingBuf<aya::maps::MapData>,
+        events: &mut Events,
+        state: &State,
+    ) -> Vec<String> {
         let now = state.now_ns().unwrap_or_else(|_| crate::clock::monotonic_ns());
         let mut opened = vec![];
         while let Some(item) = ring.next() {
@@ -255,7 +266,13 @@ impl Daemon {
     }
 
     /// Validates a reload whole, then starts putting it in force.
-    fn reload(&mut self, opts: &RunOptions, output: &mut Output, ifaces: &mut Interfaces, xdp: &mut aya::programs::Xdp) {
+    fn reload(
+        &mut self,
+        opts: &RunOptions,
+        output: &mut Output,
+        ifaces: &mut Interfaces,
+        xdp: &mut aya::programs::Xdp,
+    ) {
         match prepare(opts, &self.live, &self.spender) {
             Ok((config, verifier)) => {
                 if let Err(e) = ifaces.set(xdp, &config.interfaces) {
@@ -274,10 +291,14 @@ impl Daemon {
 
     /// Writes a pending reload into the kernel; on success it is the config in force.
     fn finish_reload(&mut self, opts: &RunOptions, output: &mut Output) {
-        let Some(pending) = self.pending.as_mut() else { return };
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
         match self.state.apply_keeping(&pending.config, &mut self.carried) {
             Ok(dropped) => {
-                let Some(pending) = self.pending.take() else { return };
+                let Some(pending) = self.pending.take() else {
+                    return;
+                };
                 // The old names and hooks still: a removed sequence's on_close runs.
                 for d in &dropped {
                     output.emit(self.live.events.removed(d));

@@ -36,7 +36,10 @@ impl Probe {
         for t in self.threads {
             t.join().expect("prober");
         }
-        (self.counts[0].load(Ordering::Relaxed), self.counts[1].load(Ordering::Relaxed))
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Stops the probe and asserts it ran and nothing answered it.
@@ -187,7 +190,11 @@ impl Setup {
             if attached {
                 return;
             }
-            assert!(Instant::now() < deadline, "xknock run did not attach within 20s; its log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "xknock run did not attach within 20s; its log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -226,11 +233,18 @@ impl Setup {
     /// `xknock reload`, then waits until `expect` is in run's log `times` times.
     pub fn reload(&self, times: usize, expect: &str) {
         let pin = self.fs.pin_dir();
-        let out = self.xknock(&self.hosts.server, &["reload", "--pin-dir", pin.to_str().expect("utf-8")]);
+        let out = self.xknock(
+            &self.hosts.server,
+            &["reload", "--pin-dir", pin.to_str().expect("utf-8")],
+        );
         assert!(out.contains("asked xknock run"), "{out}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.log().matches(expect).count() < times {
-            assert!(Instant::now() < deadline, "no {expect:?} in run's log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {expect:?} in run's log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -248,10 +262,11 @@ impl Setup {
                         let deadline = Instant::now() + Duration::from_secs(60);
                         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                             counts[0].fetch_add(1, Ordering::Relaxed);
-                            let answered = match TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
-                                Ok(_) => true,
-                                Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-                            };
+                            let answered =
+                                match TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
+                                    Ok(_) => true,
+                                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                                };
                             if answered {
                                 counts[1].fetch_add(1, Ordering::Relaxed);
                             }
@@ -260,7 +275,11 @@ impl Setup {
                 })
             })
             .collect();
-        Probe { stop, counts, threads }
+        Probe {
+            stop,
+            counts,
+            threads,
+        }
     }
 
     pub fn client(&self, i: usize) -> &str {

@@ -46,7 +46,10 @@ fn nofile(pid: u32) -> (String, String) {
 }
 
 fn raise_own_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain get/setrlimit on this process.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
@@ -83,13 +86,21 @@ fn descriptor_exhaustion_through_metrics_leaves_the_filter_attached() {
     // An interface appearing (netlink), a reload (which must open the config file)
     // and three polls of the interfaces, all out of descriptors.
     let server = s.hosts.server.clone();
-    let (ok, out) = s
-        .hosts
-        .run_in(&server, &["ip", "link", "add", "xkd0", "type", "veth", "peer", "name", "xkd1"]);
+    let (ok, out) = s.hosts.run_in(
+        &server,
+        &[
+            "ip", "link", "add", "xkd0", "type", "veth", "peer", "name", "xkd1",
+        ],
+    );
     assert!(ok, "{out}");
     s.reload(1, "reload refused");
     thread::sleep(Duration::from_secs(3));
-    assert_eq!(s.prog_id(0).as_deref(), Some(first.as_str()), "still attached:\n{}", s.log());
+    assert_eq!(
+        s.prog_id(0).as_deref(),
+        Some(first.as_str()),
+        "still attached:\n{}",
+        s.log()
+    );
     assert!(!s.log().contains("is gone"), "{}", s.log());
     // The kernel's part needs no descriptor of run's: a knock opens meanwhile.
     knock(&s, 0, &SSH_KNOCKS);
@@ -106,7 +117,8 @@ fn descriptor_exhaustion_through_metrics_leaves_the_filter_attached() {
             use std::io::{Read as _, Write as _};
             let mut c = TcpStream::connect(("127.0.0.1", 9464)).ok()?;
             c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .ok()?;
             let mut text = String::new();
             c.read_to_string(&mut text).ok()?;
             Some(text)
@@ -114,7 +126,11 @@ fn descriptor_exhaustion_through_metrics_leaves_the_filter_attached() {
         if scraped.is_some_and(|t| t.contains("xknock_")) {
             break;
         }
-        assert!(Instant::now() < deadline, "metrics did not come back:\n{}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "metrics did not come back:\n{}",
+            s.log()
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -125,7 +141,8 @@ fn a_failed_upgrade_leaves_the_old_program_filtering() {
     let mut s = Setup::with_run_args("", &["--keep-attached"]);
     knock(&s, 0, &SSH_KNOCKS);
     s.wait_event("open", s.hosts.clients[0].v4);
-    let (mut established, _) = ssh_banner(s.client(0), s.hosts.server_v4[0], 22).expect("open after the knock");
+    let (mut established, _) =
+        ssh_banner(s.client(0), s.hosts.server_v4[0], 22).expect("open after the knock");
     let first = s.prog_id(0).expect("attached");
     let probe = s.probe(1, s.hosts.server_v4[1], 22);
     assert!(s.signal_run(libc::SIGTERM).success());
@@ -133,10 +150,21 @@ fn a_failed_upgrade_leaves_the_old_program_filtering() {
     // The new run's program is refused by the kernel at the link update.
     s.run_env = vec!["XKNOCK_FAULTS=link-update".into()];
     s.start_run("upgrade.jsonl");
-    let status = s.hosts.wait_last_child(Duration::from_secs(20)).expect("the upgrade gives up");
+    let status = s
+        .hosts
+        .wait_last_child(Duration::from_secs(20))
+        .expect("the upgrade gives up");
     assert!(!status.success(), "a refused upgrade is an error");
-    assert!(s.log().contains("the program it had goes on filtering"), "{}", s.log());
-    assert_eq!(s.prog_id(0).as_deref(), Some(first.as_str()), "the old program stays");
+    assert!(
+        s.log().contains("the program it had goes on filtering"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        s.prog_id(0).as_deref(),
+        Some(first.as_str()),
+        "the old program stays"
+    );
     let link = s.fs.pin_dir().join(format!("link_{}", s.hosts.server_ifaces[0]));
     assert!(link.exists(), "the link is still pinned");
     assert!(ssh_exchange(&mut established), "the kept connection works");
@@ -173,7 +201,11 @@ fn reloads_that_reorder_and_remove_sequences_never_admit_on_another_sequences_au
     // Client 0, authorized for a, keeps sending SYNs to b's and c's ports; client 1,
     // authorized for nothing, to a's.
     let (srv0, srv1) = (s.hosts.server_v4[0], s.hosts.server_v4[1]);
-    let probes = [s.probe(0, srv0, 2222), s.probe(0, srv0, 2223), s.probe(1, srv1, 22)];
+    let probes = [
+        s.probe(0, srv0, 2222),
+        s.probe(0, srv0, 2223),
+        s.probe(1, srv1, 22),
+    ];
     let orders = [
         b.clone() + &a + &c,
         c.clone() + &b + &a,
@@ -187,10 +219,16 @@ fn reloads_that_reorder_and_remove_sequences_never_admit_on_another_sequences_au
         s.reload(i + 2, "reloaded");
         thread::sleep(Duration::from_millis(300));
     }
-    for (probe, what) in probes.into_iter().zip(["b's port", "c's port", "a's port, unauthorized"]) {
+    for (probe, what) in probes
+        .into_iter()
+        .zip(["b's port", "c's port", "a's port, unauthorized"])
+    {
         probe.assert_never_answered(what);
     }
-    assert!(s.reachable(0, srv0), "a's authorization followed a through every reload");
+    assert!(
+        s.reachable(0, srv0),
+        "a's authorization followed a through every reload"
+    );
 }
 
 #[test]
@@ -221,7 +259,10 @@ fn a_reload_failing_part_way_stays_closed_and_completes_on_retry() {
     assert!(s.reachable(0, srv0), "once done, it is back:\n{}", s.log());
     let status = s.status();
     assert_eq!(status["authorized"][0]["sequence"], "ssh", "{status}");
-    for (probe, what) in probes.into_iter().zip(["other's port", "ssh's port, unauthorized"]) {
+    for (probe, what) in probes
+        .into_iter()
+        .zip(["other's port", "ssh's port, unauthorized"])
+    {
         probe.assert_never_answered(what);
     }
 }
@@ -233,13 +274,34 @@ fn a_process_holding_the_program_is_not_taken_for_run() {
     let pin_dir = s.fs.pin_dir();
     let pin = pin_dir.to_str().expect("utf-8").to_owned();
     let run_pid = s.hosts.last_child_pid();
-    let (ok, out) = s.hosts.run_in(&s.hosts.server, &[xknock_tests::xknock_bin().to_str().expect("utf-8"), "down", "--pin-dir", &pin]);
-    assert!(!ok && out.contains(&format!("pid {run_pid}")), "down names run: {out}");
+    let (ok, out) = s.hosts.run_in(
+        &s.hosts.server,
+        &[
+            xknock_tests::xknock_bin().to_str().expect("utf-8"),
+            "down",
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    assert!(
+        !ok && out.contains(&format!("pid {run_pid}")),
+        "down names run: {out}"
+    );
     assert!(s.signal_run(libc::SIGTERM).success());
     // This process holds the link (and so the program), as bpftool would.
-    let link = aya::programs::links::PinnedLink::from_pin(pin_dir.join(format!("link_{}", s.hosts.server_ifaces[0])))
-        .expect("open the pinned link");
-    let (ok, out) = s.hosts.run_in(&s.hosts.server, &[xknock_tests::xknock_bin().to_str().expect("utf-8"), "reload", "--pin-dir", &pin]);
+    let link = aya::programs::links::PinnedLink::from_pin(
+        pin_dir.join(format!("link_{}", s.hosts.server_ifaces[0])),
+    )
+    .expect("open the pinned link");
+    let (ok, out) = s.hosts.run_in(
+        &s.hosts.server,
+        &[
+            xknock_tests::xknock_bin().to_str().expect("utf-8"),
+            "reload",
+            "--pin-dir",
+            &pin,
+        ],
+    );
     assert!(!ok && out.contains("no xknock run is using"), "{out}");
     s.start_run("second.jsonl");
     s.wait_log("adopted the state pinned");
@@ -256,10 +318,21 @@ fn the_expiry_sweep_removes_only_what_is_still_expired() {
         opened_ns: now - 1,
     };
     // Renewed in place by a re-knock after the sweep read it as expired.
-    h.state.authorize(&key, &auth(now + 5_000_000_000)).expect("authorize");
-    assert!(!h.state.unauthorize_expired(&key, now).expect("sweep"), "a renewal stays");
+    h.state
+        .authorize(&key, &auth(now + 5_000_000_000))
+        .expect("authorize");
+    assert!(
+        !h.state.unauthorize_expired(&key, now).expect("sweep"),
+        "a renewal stays"
+    );
     assert!(h.authorized("198.18.0.7", 0), "and admits");
     h.advance(Duration::from_secs(10));
-    assert!(h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"), "expired: removed");
-    assert!(!h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"), "gone: nothing to remove");
+    assert!(
+        h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"),
+        "expired: removed"
+    );
+    assert!(
+        !h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"),
+        "gone: nothing to remove"
+    );
 }

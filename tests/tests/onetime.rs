@@ -70,7 +70,15 @@ impl TinyFs {
     fn new() -> TinyFs {
         let dir = std::env::temp_dir().join(xknock_tests::unique("xknock-full-"));
         std::fs::create_dir_all(&dir).expect("mount point");
-        xknock_tests::sh(&["mount", "-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", dir.to_str().expect("utf-8")]);
+        xknock_tests::sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4k,mode=0700",
+            "tmpfs",
+            dir.to_str().expect("utf-8"),
+        ]);
         TinyFs(dir)
     }
 }
@@ -90,7 +98,10 @@ fn a_used_line_stays_used_when_its_file_cannot_be_written() {
     std::fs::write(&file, "31000,31001:udp,31002\n32000/udp 32001\n").expect("write");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     // The file takes the one page: a replacement cannot be written.
-    assert!(std::fs::write(disk.0.join("filler"), [0u8; 4096]).is_err(), "the disk is full");
+    assert!(
+        std::fs::write(disk.0.join("filler"), [0u8; 4096]).is_err(),
+        "the disk is full"
+    );
     let mut s = Setup::with_config(&format!(
         "\n[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\nopen_for = \"1s\"\n",
         file.display()
@@ -103,13 +114,21 @@ fn a_used_line_stays_used_when_its_file_cannot_be_written() {
     s.wait_log("the line stays used in memory");
     std::thread::sleep(Duration::from_millis(1200));
     knock(&s, &first);
-    assert_eq!(opens(&s), 1, "the used line opens nothing, written or not: {:?}", s.events());
+    assert_eq!(
+        opens(&s),
+        1,
+        "the used line opens nothing, written or not: {:?}",
+        s.events()
+    );
     assert!(!s.reachable(0, s.hosts.server_v4[0]));
 
     // Room again: the mark is written by the retry, and a new run keeps it used.
     xknock_tests::sh(&["mount", "-o", "remount,size=64k", disk.0.to_str().expect("utf-8")]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&file).expect("read").starts_with("#31000") {
+    while !std::fs::read_to_string(&file)
+        .expect("read")
+        .starts_with("#31000")
+    {
         assert!(std::time::Instant::now() < deadline, "never marked:\n{}", s.log());
         std::thread::sleep(Duration::from_millis(100));
     }
