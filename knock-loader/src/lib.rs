@@ -3,6 +3,7 @@
 //! Authorization (`spa`), the commands run on open and close (`commands`), and the
 //! metrics `run` serves (`metrics`).
 
+pub mod addr;
 pub mod attach;
 pub mod client;
 pub mod clock;

@@ -261,8 +261,10 @@ impl State {
         live
     }
 
-    /// Adds or renews an authorization, counted in the hint first.
+    /// Adds or renews an authorization, counted in the hint first. A martian source
+    /// (loopback, unspecified, multicast, broadcast) is refused.
     pub fn authorize(&mut self, key: &SourceKey, auth: &Authorization) -> Result<()> {
+        refuse_martian(unmapped(key.addr))?;
         if self.authorized.get(key, 0).is_ok() {
             return self
                 .authorized
@@ -326,6 +328,7 @@ impl State {
 
     /// Authorizes `addr` for sequence `seq` until `now + duration`.
     pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
+        refuse_martian(addr)?;
         let now = self.now_ns()?;
         let auth = Authorization {
             expires_ns: now.saturating_add(crate::config::nanos(duration)),
@@ -387,7 +390,16 @@ impl State {
         Ok(())
     }
 
-    /// Sources banned at `now`, with when their ban ends.
+    /// The ban map's key for `addr` under the settings in force.
+    pub fn ban_key(&self, addr: IpAddr) -> Result<SourceAddr> {
+        let prefix = self.settings()?.ban_ipv6_prefix;
+        Ok(SourceAddr {
+            addr: crate::addr::ban_key(mapped(addr), prefix),
+        })
+    }
+
+    /// Ban keys live at `now` (IPv6 ones cut to the ban prefix), with when their ban
+    /// ends.
     pub fn live_bans(&self, now: u64) -> std::collections::HashMap<[u8; 16], u64> {
         self.bans
             .iter()
@@ -397,15 +409,26 @@ impl State {
             .collect()
     }
 
-    /// Lifts `addr`'s ban and forgets its failures. Returns whether it was banned.
+    /// Lifts `addr`'s ban and forgets its failures (for IPv6, those of its prefix:
+    /// any address of it does). Returns whether it was banned.
     pub fn unban(&mut self, addr: IpAddr) -> Result<bool> {
-        let key = SourceAddr { addr: mapped(addr) };
+        let key = self.ban_key(addr)?;
         let now = self.now_ns()?;
         let was_banned = self.bans.get(&key, 0).is_ok_and(|b| now < b.until_ns);
         // Absent already is fine: nothing to lift.
         let _ = self.bans.remove(&key);
         Ok(was_banned)
     }
+}
+
+/// An error for a martian source, which is never authorized.
+fn refuse_martian(addr: IpAddr) -> Result<()> {
+    if crate::addr::is_martian(addr) {
+        anyhow::bail!(
+            "{addr} is a loopback, unspecified, multicast or broadcast address: no peer sends from it, so it is never authorized"
+        );
+    }
+    Ok(())
 }
 
 pub fn sequence_name(c: &SequenceConfig) -> String {

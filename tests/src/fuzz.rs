@@ -20,6 +20,21 @@ pub const SOURCES: [&str; 8] = [
     "fd00:7::4",
 ];
 
+/// Now and then a source the filter must never track: IPv4-mapped IPv6 (Linux drops
+/// those packets, and so must the filter) and martians (their knocks count for nothing).
+pub const ODD_SOURCES: [&str; 10] = [
+    "::ffff:198.18.7.1",
+    "::ffff:198.18.7.5",
+    "127.0.0.1",
+    "0.0.0.0",
+    "224.0.0.5",
+    "255.255.255.255",
+    "::1",
+    "::",
+    "ff02::1",
+    "::ffff:127.0.0.1",
+];
+
 const FLAGS: [u8; 10] = [0x02, 0x02, 0x02, 0x12, 0x10, 0x18, 0x01, 0x04, 0x11, 0x03];
 const TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 const EXT: [u8; 7] = [0, 43, 60, 44, 51, 135, 59];
@@ -43,9 +58,13 @@ impl Gen {
         *from.choose(&mut self.rng).expect("non-empty")
     }
 
-    /// One frame from one of `SOURCES`.
+    /// One frame from one of `SOURCES` (or, rarely, `ODD_SOURCES`).
     pub fn frame(&mut self, model: &Model, now: u64) -> Vec<u8> {
-        let src = self.pick(&SOURCES);
+        let src = if self.chance(0.03) {
+            self.pick(&ODD_SOURCES)
+        } else {
+            self.pick(&SOURCES)
+        };
         let mapped = crate::mapped(src);
         let seqs = model.sequences();
         let seq = &seqs[self.rng.random_range(0..seqs.len())];

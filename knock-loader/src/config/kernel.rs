@@ -98,6 +98,7 @@ impl Config {
             ban_failures: self.ban.failures,
             ban_window_ns: nanos(self.ban.window),
             ban_for_ns: nanos(self.ban.ban_for),
+            ban_ipv6_prefix: self.ban.ipv6_prefix,
             access_rules: u8::from(!self.allow.is_empty() || !self.deny.is_empty()),
             spa_port: self.spa.as_ref().map_or(0, |s| s.port),
             ..base

@@ -221,13 +221,17 @@ impl Default for Limits {
 }
 
 /// Brute-force lockout: more than `failures` resets within `window` ban the source
-/// for `ban_for` (its knocks are ignored, the protected ports stay closed to it).
+/// for `ban_for` (its knocks are ignored, the protected ports and its kept connections
+/// are closed to it). IPv6 sources count by their `ipv6_prefix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BanPolicy {
     /// Zero turns bans off.
     pub failures: u32,
     pub window: Duration,
     pub ban_for: Duration,
+    /// An IPv6 source's failures and ban are its prefix's of this length (`[ban]
+    /// ipv6_prefix`, 1..=128); IPv4 sources count one by one.
+    pub ipv6_prefix: u8,
 }
 
 impl Config {
