@@ -415,7 +415,11 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                     d.opened(&opened);
                     guard.clear_ready();
                 }
-                Err(e) => log::error!("cannot wait for kernel events: {e}"),
+                Err(e) => {
+                    // Not expected of an open ring; a pause rather than a spin.
+                    log::error!("cannot wait for kernel events: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             guard = spa_ring.readable_mut(), if d.live.verifier.is_some() => match guard {
                 Ok(mut guard) => {
@@ -434,7 +438,11 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                     }
                     guard.clear_ready();
                 }
-                Err(e) => log::error!("cannot wait for SPA requests: {e}"),
+                Err(e) => {
+                    // Not expected of an open ring; a pause rather than a spin.
+                    log::error!("cannot wait for SPA requests: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             _ = rotate.tick(), if timed => d.rewrite(),
             _ = sweep.tick() => {
@@ -511,7 +519,19 @@ fn prepare(opts: &RunOptions, live: &Live, spender: &Spender) -> Result<(Config,
         );
     }
     spender.adjust(&mut config)?;
-    let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
+    // The nonces in memory carry over (to a new replay_file too), each for the
+    // longest window in force since it was seen.
+    let verifier = match Verifier::renewed(&config, live.verifier.as_ref())
+        .context("cannot start Single Packet Authorization")?
+    {
+        Some((verifier, saved)) => {
+            if let Err(e) = saved {
+                log::error!("reload: {e:#}; SPA requests are refused until the replay file can be written");
+            }
+            Some(verifier)
+        }
+        None => None,
+    };
     Ok((config, verifier))
 }
 

@@ -238,3 +238,165 @@ fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
         "only the flooder's budget made events ({rejected} rejections)"
     );
 }
+
+/// Events `event` for `source` so far.
+fn count(s: &Setup, event: &str, source: IpAddr) -> usize {
+    s.events()
+        .iter()
+        .filter(|e| e["event"] == event && e["source"] == source.to_string())
+        .count()
+}
+
+/// Waits until there are more than `before` events `event` for `source`; returns the last.
+fn wait_more(s: &Setup, event: &str, source: IpAddr, before: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<_> = s
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == event && e["source"] == source.to_string())
+            .collect();
+        if found.len() > before {
+            return found.last().cloned().unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new {event} event for {source}; events: {:?}",
+            s.events()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the process `pid` is alive (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim_start().to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+#[test]
+fn a_reload_onto_a_new_replay_file_keeps_refusing_replays() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, key_file) = keygen(dir.path());
+    let mut s = Setup::with_config(&config);
+    let server = s.hosts.server_v4[0];
+    let client = s.hosts.clients[0].v4;
+    let key = ClientKey::load(&key_file).expect("key file");
+    let ns = s.client(0).to_owned();
+    let request = sealed(&key, None, SystemTime::now());
+    send(&ns, server, request.clone());
+    s.wait_event("open", client);
+
+    // The replay file moves, and the window grows: a reload (SIGHUP).
+    let old = dir.path().join("replay");
+    let new = dir.path().join("moved/replay");
+    let path = s.dir.join("xknock.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let moved = text
+        .replace(&old.display().to_string(), &new.display().to_string())
+        .replace("[spa]\n", "[spa]\nwindow = \"5m\"\n");
+    assert_ne!(text, moved);
+    std::fs::write(&path, moved).expect("config written");
+    // SAFETY: signalling the run this test started.
+    unsafe { libc::kill(s.hosts.last_child_pid() as i32, libc::SIGHUP) };
+    s.wait_log("reloaded");
+    assert!(new.exists(), "the nonces were written to the new replay file at once");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&ns, server, request.clone());
+    rejected(&s, "replayed");
+    assert_eq!(count(&s, "open", client), 1, "the replay opened nothing");
+    // A restart reads the new file: still a replay.
+    s.restart_run("second.jsonl");
+    send(&ns, server, request);
+    rejected(&s, "replayed");
+}
+
+/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = std::env::temp_dir().join(xknock_tests::unique("xknock-tmpfs-"));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let mount = Tmpfs(dir);
+        xknock_tests::sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "xknock-test",
+            mount.0.to_str().expect("utf-8"),
+        ]);
+        mount
+    }
+
+    /// Fills it with file `name`; returns the bytes written.
+    fn fill(&self, name: &str) -> usize {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join(name)).expect("filler");
+        let mut written = 0;
+        // Bounded: the tmpfs holds `size`; a failed write (ENOSPC) ends it.
+        for chunk in [4096usize, 1] {
+            let block = vec![0x5a; chunk];
+            for _ in 0..100_000 {
+                if f.write_all(&block).is_err() {
+                    break;
+                }
+                written += chunk;
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_for_the_replay_file_refuses_requests_until_there_is_room() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let disk = Tmpfs::new("64k");
+    let (config, key_file) = keygen(dir.path());
+    let config = config.replace(
+        &dir.path().join("replay").display().to_string(),
+        &disk.0.join("replay").display().to_string(),
+    );
+    let s = Setup::with_config(&config);
+    let server = s.hosts.server_v4[0];
+    let client = s.hosts.clients[0].v4;
+    let key_path = key_file.to_str().expect("utf-8");
+    let filled = disk.fill("filler");
+    assert!(filled > 0, "the tmpfs took the filler");
+
+    // The disk is full: the nonce cannot be recorded, so the request is refused.
+    s.xknock(s.client(0), &["spa", &server.to_string(), "--key", key_path]);
+    let e = rejected(&s, "replay_cache_unsaved");
+    assert_eq!(e["source"], client.to_string(), "{e}");
+    assert!(
+        e["detail"].as_str().is_some_and(|d| d.contains("replay")),
+        "the event says why: {e}"
+    );
+    assert_eq!(count(&s, "open", client), 0, "nothing opened");
+    assert!(!s.reachable(0, server), "port 22 stays closed to the client");
+    let run = s.hosts.last_child_pid();
+    assert!(alive(run), "run keeps running on a full disk");
+
+    // Room again: the next request is recorded and opens.
+    std::fs::remove_file(disk.0.join("filler")).expect("filler removed");
+    std::thread::sleep(Duration::from_millis(1100));
+    s.xknock(s.client(0), &["spa", &server.to_string(), "--key", key_path]);
+    wait_more(&s, "open", client, 0);
+    assert!(s.reachable(0, server), "open once the disk has room");
+    assert!(alive(run));
+    assert!(disk.0.join("replay").exists(), "the replay file was written");
+}

@@ -65,6 +65,9 @@ pub enum Rejection {
     /// The replay cache holds [`REPLAY_CACHE_ENTRIES`] requests of the window: new
     /// ones are refused rather than made replayable.
     ReplayCacheFull,
+    /// The request is older than nonces the replay cache has dropped (after the clock
+    /// stepped back, or the window grew), by `by`: it could be a replay of one.
+    ReplayForgotten { by: Duration },
     /// The replay cache file could not be written: refused, since after a restart
     /// the request could be replayed.
     ReplayCacheUnsaved { error: String },
@@ -83,6 +86,7 @@ impl Rejection {
             Rejection::AddressMismatch { .. } => "address_mismatch",
             Rejection::NotAllowed { .. } => "not_allowed",
             Rejection::ReplayCacheFull => "replay_cache_full",
+            Rejection::ReplayForgotten { .. } => "replay_forgotten",
             Rejection::ReplayCacheUnsaved { .. } => "replay_cache_unsaved",
         }
     }
@@ -115,6 +119,12 @@ impl fmt::Display for Rejection {
             Rejection::ReplayCacheFull => write!(
                 f,
                 "the replay cache is full ({REPLAY_CACHE_ENTRIES} requests within the window)"
+            ),
+            Rejection::ReplayForgotten { by } => write!(
+                f,
+                "the request is older than a nonce the replay cache has dropped (by {}; \
+                 the clock stepped back or the window grew), so it could be a replay",
+                human(*by)
             ),
             Rejection::ReplayCacheUnsaved { error } => {
                 write!(f, "refused because the replay cache could not be saved: {error}")

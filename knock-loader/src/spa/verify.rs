@@ -57,6 +57,25 @@ impl Verifier {
     /// As [`Verifier::new`], with the clock at `now` (cached nonces older than the
     /// window by then are dropped).
     pub fn new_at(config: &Config, now: SystemTime) -> Result<Option<Verifier>> {
+        Ok(Self::renewed_at(config, None, now)?.map(|(v, _)| v))
+    }
+
+    /// The verifier for a reloaded `config`, taking over the replay cache of the one
+    /// in force (`previous`): its nonces are all kept, for the longest window either
+    /// config has (a nonce keeps the longest window in force since it was seen), and
+    /// a new `replay_file` is written with them at once. The second value is that
+    /// write's result: on an error the verifier still works, and each accepted
+    /// request tries the file again (refused while it cannot be written).
+    pub fn renewed(config: &Config, previous: Option<&Verifier>) -> Result<Option<(Verifier, Result<()>)>> {
+        Self::renewed_at(config, previous, SystemTime::now())
+    }
+
+    /// As [`Verifier::renewed`], with the clock at `now`.
+    pub fn renewed_at(
+        config: &Config,
+        previous: Option<&Verifier>,
+        now: SystemTime,
+    ) -> Result<Option<(Verifier, Result<()>)>> {
         let Some(spa) = &config.spa else { return Ok(None) };
         let index = |name: &str| -> Result<u8> {
             let i = config
@@ -89,12 +108,20 @@ impl Verifier {
                 open_for: s.open_for,
             })
             .collect();
-        Ok(Some(Verifier {
+        let (replay, saved) = match previous {
+            Some(p) => p.replay.renewed(&spa.replay_file, spa.window, unix_ms(now))?,
+            None => (
+                ReplayCache::load(&spa.replay_file, spa.window, unix_ms(now))?,
+                Ok(()),
+            ),
+        };
+        let verifier = Verifier {
             clients,
             sequences,
             window: spa.window,
-            replay: ReplayCache::load(&spa.replay_file, spa.window, unix_ms(now))?,
-        }))
+            replay,
+        };
+        Ok(Some((verifier, saved)))
     }
 
     /// Verifies one request's UDP `payload`, sent from `source`, received at `now`.
@@ -127,6 +154,11 @@ impl Verifier {
             Ok(()) => {}
             Err(RecordError::Replayed) => return Err(Rejection::Replayed),
             Err(RecordError::Full) => return Err(Rejection::ReplayCacheFull),
+            Err(RecordError::Forgotten { floor_ms }) => {
+                return Err(Rejection::ReplayForgotten {
+                    by: Duration::from_millis(floor_ms.saturating_sub(ts)),
+                });
+            }
             Err(RecordError::Unsaved(e)) => {
                 return Err(Rejection::ReplayCacheUnsaved {
                     error: format!("{e:#}"),
@@ -630,6 +662,48 @@ mod tests {
             0,
             "dropped at load once out of the window"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_nonces_with_a_new_replay_file_and_a_longer_window() {
+        let mut rig = Rig::new();
+        let p = rig.alice(&request(vec![]));
+        assert!(rig.verify(SOURCE, &p, T0).is_ok());
+        let mut c = rig.config.clone();
+        let moved = rig._dir.path().join("elsewhere/spa-replay");
+        if let Some(spa) = c.spa.as_mut() {
+            spa.replay_file = moved.clone();
+            spa.window = Duration::from_secs(600);
+        }
+        let (mut reloaded, saved) = Verifier::renewed_at(&c, Some(&rig.verifier), t(T0 + 1_000))
+            .expect("loads")
+            .expect("given");
+        saved.expect("the new file is written");
+        assert!(moved.exists(), "carried over to the new file");
+        assert_eq!(reloaded.verify(SOURCE, &p, t(T0 + 1_000)), Err(Rejection::Replayed));
+        // Under the longer window the request is not stale a minute on: still a replay.
+        assert_eq!(reloaded.verify(SOURCE, &p, t(T0 + 60_000)), Err(Rejection::Replayed));
+        // And a restart reading the new file knows it too.
+        let mut restarted = Verifier::new_at(&c, t(T0 + 60_000)).expect("loads").expect("given");
+        assert_eq!(restarted.verify(SOURCE, &p, t(T0 + 60_000)), Err(Rejection::Replayed));
+    }
+
+    #[test]
+    fn after_the_clock_steps_back_a_forgotten_request_is_refused() {
+        let mut rig = Rig::new();
+        let p = rig.alice(&request(vec![]));
+        assert!(rig.verify(SOURCE, &p, T0).is_ok());
+        // A minute later another request drops the first nonce.
+        let later = T0 + 60_000;
+        let q = rig.alice(&Request {
+            timestamp_ms: later,
+            ..request(vec![])
+        });
+        assert!(rig.verify(SOURCE, &q, later).is_ok());
+        assert_eq!(rig.verifier.replay_entries(), 1);
+        // The clock steps back to T0: the first request is timely again.
+        let r = rig.verify(SOURCE, &p, T0 + 1);
+        assert_eq!(r.as_ref().err().map(Rejection::reason), Some("replay_forgotten"), "{r:?}");
     }
 
     #[test]
