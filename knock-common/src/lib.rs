@@ -111,6 +111,10 @@ pub struct PortRule {
 
 /// `PortRule::flags`: the (UDP) port takes Single Packet Authorization requests.
 pub const RULE_SPA: u8 = 1;
+/// `PortRule::flags`: stealth is on and the port is none of the configured or public
+/// ones: a TCP SYN or a UDP datagram to it is dropped, so that a scan sees one
+/// uniform wall. Never set on UDP ports of the local ephemeral range.
+pub const RULE_STEALTH: u8 = 2;
 
 /// The SPA request format's version (the first payload byte); see the README.
 pub const SPA_VERSION: u8 = 1;
@@ -180,7 +184,10 @@ pub struct Settings {
     /// The SPA port (0: none). The kernel reads `PortRule::flags`; this is the
     /// loader's record of which entry to clear when the port changes.
     pub spa_port: u16,
-    pub _pad2: u32,
+    /// Nonzero while port rules may carry RULE_STEALTH: the loader's record of
+    /// whether the whole array must be rewritten when the config changes.
+    pub stealth: u8,
+    pub _pad2: [u8; 3],
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at
@@ -406,9 +413,11 @@ pub enum Counter {
     SpaLost = 16,
     /// IPv6 from an IPv4-mapped source (`::ffff:a.b.c.d`), which Linux drops too.
     DropMapped = 17,
+    /// A TCP SYN or UDP datagram to a port stealth hides (not public, not configured).
+    DropStealth = 18,
 }
 
-pub const COUNTERS: u32 = 18;
+pub const COUNTERS: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -430,6 +439,7 @@ impl Counter {
         Counter::SpaShed,
         Counter::SpaLost,
         Counter::DropMapped,
+        Counter::DropStealth,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -452,6 +462,7 @@ impl Counter {
             Counter::SpaShed => "spa_shed",
             Counter::SpaLost => "spa_lost",
             Counter::DropMapped => "drop_mapped",
+            Counter::DropStealth => "drop_stealth",
         }
     }
 }
@@ -497,7 +508,7 @@ pub mod map_names {
 /// The layout of the pinned maps: every key and value type above, their sizes and
 /// meanings. Bump it with any change to them: a `run` adopts pinned maps only of its
 /// own layout (`layout_snapshot` in the tests fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Entry 0 of XK_META: what the pinned maps are. Written by the loader that created
 /// them. Its own layout never changes: it is how the others' are told apart.

@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    RULE_SPA, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, auth_hint_slot,
-    port_rule_index,
+    RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    auth_hint_slot, port_rule_index,
 };
 use maps::{
     XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES,
@@ -72,16 +72,22 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
         .and_then(|index| XK_PORT_RULES.get(index))
         .copied()
         .unwrap_or_default();
-    // Strict sequences see every SYN and datagram from a source they track.
-    let strict_mask = if opens_connection(transport.proto, transport.tcp_flags) {
-        rule.strict_mask
+    // Strict sequences see every SYN and datagram from a source they track; stealth
+    // drops only those (replies to the host's own connections pass). The SPA flag is
+    // on UDP ports only, which always open.
+    let (strict_mask, flags) = if opens_connection(transport.proto, transport.tcp_flags) {
+        (rule.strict_mask, rule.flags)
     } else {
-        0
+        (0, 0)
     };
-    if rule.knock_mask | rule.protect_mask | strict_mask | rule.flags == 0 {
+    if rule.knock_mask | rule.protect_mask | strict_mask | flags == 0 {
         return (XDP_PASS, Counter::PassOther);
     }
-    if rule.flags & RULE_SPA != 0 {
+    // Stealth ports carry no knock or protect bits; strict mode still sees them.
+    if flags & RULE_STEALTH != 0 && strict_mask == 0 {
+        return (XDP_DROP, Counter::DropStealth);
+    }
+    if flags & RULE_SPA != 0 {
         // Only UDP ports carry RULE_SPA, and no sequence uses them (so strict mode
         // does not see these datagrams either).
         return (XDP_DROP, spa::request(ctx, transport));
@@ -99,7 +105,7 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
             ACCESS_ALLOW if rule.knock_mask != 0 => return (XDP_DROP, Counter::DropKnock),
             ACCESS_ALLOW if rule.protect_mask != 0 => return (XDP_PASS, Counter::PassAllowed),
             // Listed sources are not tracked, so strict mode has nothing to reset.
-            ACCESS_DENY | ACCESS_ALLOW => return (XDP_PASS, Counter::PassOther),
+            ACCESS_DENY | ACCESS_ALLOW => return unconfigured(flags),
             _ => {}
         }
     }
@@ -122,6 +128,16 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
             _ => XDP_DROP,
         };
         (action, counter)
+    } else {
+        unconfigured(flags)
+    }
+}
+
+/// The verdict for a port no sequence uses: it passes unless stealth hides it.
+#[inline(always)]
+fn unconfigured(flags: u8) -> (u32, Counter) {
+    if flags & RULE_STEALTH != 0 {
+        (XDP_DROP, Counter::DropStealth)
     } else {
         (XDP_PASS, Counter::PassOther)
     }

@@ -40,6 +40,9 @@ pub struct State {
     pub bans: HashMap<MapData, SourceAddr, Ban>,
     pub access: LpmTrie<MapData, [u8; 16], u8>,
     pub spa_keys: HashMap<MapData, SpaKeyId, u8>,
+    /// What the port-rule entries no sequence uses hold, as this State last wrote
+    /// them (None: not written yet by it).
+    background: Option<crate::config::Background>,
 }
 
 impl State {
@@ -87,6 +90,7 @@ impl State {
             bans: typed(get, map_names::BANS)?,
             access: typed(get, map_names::ACCESS)?,
             spa_keys: typed(get, map_names::SPA_KEYS)?,
+            background: None,
         })
     }
 
@@ -204,13 +208,27 @@ impl State {
                 .context("cannot write the sequence map")?;
         }
         let rules = config.port_rules(now);
-        let strict_mask = config.strict_mask();
-        let unconfigured = PortRule {
-            strict_mask,
-            ..PortRule::default()
-        };
-        // Strict masks sit in every entry, so a change of them rewrites all.
-        let stale: Vec<u32> = if strict_mask != old_strict_mask {
+        let background = config.background(crate::addr::local_port_range());
+        // What the unused entries hold now: known when this State wrote them, or
+        // when no stealth bits can be there (only the old strict mask, then).
+        let mut settings = self.settings()?;
+        let old_background = self.background.clone().or_else(|| {
+            (settings.stealth == 0).then_some(crate::config::Background {
+                strict_mask: old_strict_mask,
+                stealth: None,
+            })
+        });
+        if background.stealth.is_some() && settings.stealth == 0 {
+            // Recorded before any stealth bit is written, so that a crash between
+            // leaves the next run knowing it must rewrite them all.
+            settings.stealth = 1;
+            self.settings
+                .set(0, &settings, 0)
+                .context("cannot write the settings map")?;
+        }
+        // Strict masks and stealth bits sit in every entry, so a change of them
+        // rewrites all.
+        let stale: Vec<u32> = if old_background.as_ref() != Some(&background) {
             (0..PORT_RULE_ENTRIES)
                 .filter(|i| !rules.contains_key(i))
                 .collect()
@@ -219,9 +237,10 @@ impl State {
         };
         for index in stale {
             self.port_rules
-                .set(index, &unconfigured, 0)
+                .set(index, &background.rule(index), 0)
                 .context("cannot write the port-rule map")?;
         }
+        self.background = Some(background);
         for (index, rule) in &rules {
             debug_assert!(*index < PORT_RULE_ENTRIES);
             self.port_rules

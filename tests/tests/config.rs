@@ -305,3 +305,25 @@ fn an_ipv6_prefix_covering_the_ipv4_mapped_range_is_refused() {
     assert_eq!(c.allow.len(), 4);
     assert_eq!(c.deny.len(), 4);
 }
+
+#[test]
+fn a_public_port_that_is_also_a_knock_protected_or_spa_port_is_refused() {
+    for (public, want) in [
+        ("\"7000/tcp\"", "7000/tcp is a knock of sequence \"ssh\""),
+        (
+            "\"80/tcp\", \"22/tcp\"",
+            "22/tcp is protected of sequence \"ssh\"",
+        ),
+        ("\"http\"", "\"http\" is not PORT/tcp"),
+    ] {
+        let err = refused(&format!("stealth = true\npublic = [{public}]\n{SEQ}"));
+        assert!(err.contains(":2: public: "), "{err}");
+        assert!(err.contains(want), "{public}: {err}");
+    }
+    let c = parse(&format!(
+        "stealth = true\npublic = [\"80/tcp\", \"53/udp\"]\n{SEQ}"
+    ))
+    .expect("valid");
+    assert_eq!(c.stealth.expect("on").public.len(), 2);
+    assert!(parse(SEQ).expect("valid").stealth.is_none(), "off by default");
+}

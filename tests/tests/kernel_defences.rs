@@ -8,7 +8,7 @@ use std::time::Duration;
 use knock_common::{Counter, EventKind};
 use xknock_tests::{
     frame::Frame,
-    harness::{A, B, DROP, Harness, PASS, SSH, ssh_knocks},
+    harness::{A, A6, B, DROP, Harness, PASS, SSH, ssh_knocks},
 };
 
 const BAN_CONFIG: &str = r#"
@@ -462,4 +462,91 @@ fn the_ipv6_ban_prefix_is_configurable() {
     );
     h.knock(&ssh_knocks("fd00:1:3::1"));
     assert_eq!(h.send(&Frame::syn("fd00:1:3::1", 22)), PASS);
+}
+
+const STEALTH: &str = r#"
+stealth = true
+public = ["80/tcp", "443/tcp", "53/udp"]
+
+[[sequence]]
+name = "ssh"
+knocks = ["7000/tcp", "8000/udp", "9000/tcp"]
+protect = ["22/tcp"]
+"#;
+
+#[test]
+fn stealth_drops_syns_and_datagrams_to_every_port_but_the_public_ones() {
+    let h = Harness::with_config(STEALTH);
+    for port in [21, 25, 81, 8080, 65535] {
+        assert_eq!(h.send(&Frame::syn(A, port)), DROP, "SYN to {port}/tcp is hidden");
+        assert_eq!(h.send(&Frame::syn(A6, port)), DROP, "over IPv6 too");
+    }
+    assert_eq!(
+        h.send(&Frame::udp(A, 161)),
+        DROP,
+        "UDP outside the ephemeral range"
+    );
+    assert_eq!(h.counter(Counter::DropStealth), 11);
+    // Public ports serve as ever.
+    for f in [
+        Frame::syn(A, 80),
+        Frame::syn(A, 443),
+        Frame::udp(A, 53),
+        Frame::syn(A6, 443),
+    ] {
+        assert_eq!(h.send(&f), PASS, "{f:?} is public");
+    }
+    // Replies to the host's own connections: TCP without SYN, UDP to its ephemeral ports.
+    let (low, high) = xknock::addr::local_port_range();
+    for port in [low, high, low / 2 + high / 2] {
+        assert_eq!(h.send(&Frame::udp(A, port)), PASS, "{port}/udp is ephemeral");
+        assert_eq!(
+            h.send(&Frame::syn(A, port)),
+            DROP,
+            "a SYN to {port}/tcp is not a reply"
+        );
+    }
+    assert_eq!(
+        h.send(&Frame::syn(A, 81).flags(0x12)),
+        PASS,
+        "a SYN-ACK answers our SYN"
+    );
+    assert_eq!(
+        h.send(&Frame::syn(A, 81).flags(0x10)),
+        PASS,
+        "ACKs of our connections"
+    );
+    // Knock and protected ports keep their own rules.
+    assert_eq!(h.send(&Frame::syn(A, 22)), DROP);
+    h.knock(&ssh_knocks(A));
+    assert_eq!(h.send(&Frame::syn(A, 22)), PASS, "knocks work behind the wall");
+    assert_eq!(h.send(&Frame::syn(A, 81)), DROP, "authorization opens only 22");
+}
+
+#[test]
+fn without_stealth_unconfigured_ports_pass() {
+    let h = Harness::with_config(&STEALTH.replace("stealth = true", "stealth = false"));
+    for f in [Frame::syn(A, 81), Frame::udp(A, 161), Frame::syn(A6, 8080)] {
+        assert_eq!(h.send(&f), PASS, "{f:?}");
+    }
+    assert_eq!(h.counter(Counter::DropStealth), 0);
+    assert_eq!(
+        h.state.port_rules.get(&81, 0).expect("rule"),
+        knock_common::PortRule::default()
+    );
+}
+
+#[test]
+fn turning_stealth_off_clears_every_entry() {
+    let mut h = Harness::with_config(STEALTH);
+    assert_eq!(h.send(&Frame::syn(A, 81)), DROP);
+    let off = xknock::config::Config::parse(
+        std::path::Path::new("off.toml"),
+        &STEALTH.replace("stealth = true", "stealth = false"),
+    )
+    .expect("valid");
+    h.state.apply(&off).expect("apply");
+    assert_eq!(h.send(&Frame::syn(A, 81)), PASS);
+    assert_eq!(h.send(&Frame::udp(A, 161)), PASS);
+    assert_eq!(h.state.settings().expect("settings").stealth, 0);
 }

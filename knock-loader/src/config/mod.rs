@@ -25,7 +25,7 @@ use crate::{
     timed::TimedSecret,
 };
 
-pub use kernel::rule_index;
+pub use kernel::{Background, rule_index};
 pub use parse::parse_tcp_flags;
 
 pub const DEFAULT_CONFIG: &str = "/etc/xknock/xknock.toml";
@@ -141,6 +141,15 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// How `on_open` and `on_close` commands run (`[commands]`).
     pub commands: CommandLimits,
+    /// `stealth = true`: SYNs and datagrams to every port but the configured and the
+    /// `public` ones (and UDP replies to the local ephemeral range) are dropped.
+    pub stealth: Option<Stealth>,
+}
+
+/// Stealth's ports that serve normally (`public`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stealth {
+    pub public: Vec<Knock>,
 }
 
 /// `[commands]`: bounds on the `on_open` and `on_close` commands.

@@ -16,7 +16,7 @@ use toml::Spanned;
 use crate::timed::TimedSecret;
 
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Timed, XdpMode,
+    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
     commands::{RawCommands, parse_commands, parse_template},
     is_plain_name,
     spa::{RawSpa, parse_spa},
@@ -48,6 +48,9 @@ struct RawConfig {
     deny: Vec<Spanned<String>>,
     spa: Option<Spanned<RawSpa>>,
     commands: Option<RawCommands>,
+    #[serde(default)]
+    stealth: bool,
+    public: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -234,6 +237,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
             ));
         }
     }
+    let stealth = parse_stealth(&src, raw.stealth, raw.public.as_ref(), &sequences, spa.as_ref())?;
     let commands = parse_commands(&src, raw.commands.as_ref())?;
     let interfaces = match raw.interface {
         None => vec![],
@@ -251,7 +255,43 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         limits,
         spa,
         commands,
+        stealth,
     })
+}
+
+/// `stealth` and `public`: the ports that serve normally while stealth hides the rest.
+/// A public port may not be a knock, protected or SPA port: those keep their rules.
+fn parse_stealth(
+    src: &Source,
+    stealth: bool,
+    public: Option<&Spanned<Vec<Spanned<String>>>>,
+    seqs: &[Sequence],
+    spa: Option<&super::SpaConfig>,
+) -> Result<Option<Stealth>> {
+    let mut ports = vec![];
+    for s in public.map(|p| p.get_ref().as_slice()).unwrap_or_default() {
+        let k: Knock = s.get_ref().parse().map_err(|e| src.at(s, "public", e))?;
+        let used = seqs.iter().find_map(|q| {
+            let what = if q.knocks.contains(&k) || q.timed.as_ref().is_some_and(|t| t.covers(k)) {
+                "a knock"
+            } else if q.protect.contains(&k) {
+                "protected"
+            } else {
+                return None;
+            };
+            Some(format!("{k} is {what} of sequence {:?}", q.name))
+        });
+        let spa_port = spa.is_some_and(|c| k.proto == knock_common::PROTO_UDP && k.port == c.port);
+        if let Some(why) = used.or_else(|| spa_port.then(|| format!("{k} is the SPA port"))) {
+            return Err(src.at(
+                s,
+                "public",
+                format!("{why}: it keeps its own rules, it cannot be public"),
+            ));
+        }
+        ports.push(k);
+    }
+    Ok(stealth.then_some(Stealth { public: ports }))
 }
 
 fn parse_ports(
