@@ -19,7 +19,7 @@ use aya::{
 use knock_common::map_names;
 
 use crate::{
-    EBPF_OBJECT, PROGRAM_NAME,
+    EBPF_OBJECT, PROGRAM_NAME, bpf,
     config::{Limits, XdpMode},
     fault, hint,
     pins::{self, Pinned},
@@ -181,18 +181,8 @@ fn update_link(xdp: &Xdp, path: &Path) -> Result<()> {
         attr.flags = BPF_F_REPLACE;
         attr.old_prog_fd = prog as u32;
     }
-    // SAFETY: the attribute struct outlives the call; both descriptors are open.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &raw const attr,
-            size_of::<LinkUpdateAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).context("the kernel refused the link update");
-    }
+    // SAFETY: BPF_LINK_UPDATE's attributes; both descriptors are open.
+    unsafe { bpf::call(BPF_LINK_UPDATE, &attr) }.context("the kernel refused the link update")?;
     Ok(())
 }
 
@@ -216,19 +206,9 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd> {
         path_fd: 0,
         _pad: 0,
     };
-    // SAFETY: the attribute struct outlives the call and the path it points to too.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const attr,
-            size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot open {}", path.display()));
-    }
+    // SAFETY: BPF_OBJ_GET's attributes; the path outlives the call.
+    let fd = unsafe { bpf::call(BPF_OBJ_GET, &attr) }
+        .with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: a new descriptor the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod attach;
+pub mod bpf;
 pub mod client;
 pub mod clock;
 pub mod commands;

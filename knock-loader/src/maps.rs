@@ -498,22 +498,12 @@ fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key
         value: value.as_mut_ptr() as u64,
         flags: 0,
     };
-    // SAFETY: key and value point to buffers of the map's key and value sizes, alive
-    // for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &raw const attr,
-            size_of::<Attr>(),
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(e).context("cannot remove an authorization");
+    // SAFETY: BPF_MAP_LOOKUP_AND_DELETE_ELEM's attributes; key and value point to
+    // buffers of the map's key and value sizes, alive for the call.
+    match unsafe { crate::bpf::call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr) } {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).context("cannot remove an authorization"),
     }
     // SAFETY: the kernel wrote the whole value; V is plain data.
     Ok(Some(unsafe { value.assume_init() }))
