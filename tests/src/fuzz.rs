@@ -2,7 +2,8 @@
 //! frames aimed at the configured ports (often the next knock a source needs, so that
 //! sources really get authorized), with VLAN stacks, IPv4 options, IPv6 extension
 //! chains, fragments and odd TCP flags, then a share of them truncated, bit-flipped
-//! or given lying length fields.
+//! or given lying length fields. Ports no sequence uses get their share too: the
+//! public ones, the ephemeral range's edges and random others (what stealth hides).
 
 use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
 use xknock::config::Knock;
@@ -72,10 +73,29 @@ impl Gen {
             0..40 => model.next_knock(mapped, self.rng.random_range(0..seqs.len()), now),
             40..55 => self.pick(&seq.knocks),
             55..80 => self.pick(&seq.protect),
-            80..90 => Knock {
-                port: self.pick(&[80, 53, 443]),
-                proto: self.pick(&[6, 17]),
+            // Ports no sequence uses: the public ones (with stealth), a few others.
+            80..86 => match model.public() {
+                Some(public) if self.chance(0.5) => self.pick(public),
+                _ => Knock {
+                    port: self.pick(&[80, 53, 443, 1, 65535]),
+                    proto: self.pick(&[6, 17]),
+                },
             },
+            // The ephemeral range stealth leaves UDP open in, at and past its edges.
+            86..90 => {
+                let (low, high) = model.ephemeral().unwrap_or(crate::model::ephemeral_range());
+                let port = match self.rng.random_range(0..6) {
+                    0 => low.saturating_sub(1),
+                    1 => low,
+                    2 => high,
+                    3 => high.saturating_add(1),
+                    _ => self.rng.random_range(low..=high),
+                };
+                Knock {
+                    port,
+                    proto: self.pick(&[6, 17, 17]),
+                }
+            }
             _ => Knock {
                 port: self.rng.random(),
                 proto: self.pick(&[6, 17, 1, 58, 132]),

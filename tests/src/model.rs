@@ -215,6 +215,24 @@ pub struct Model {
     deny: Vec<IpNet>,
     bans: HashMap<[u8; 16], BanRecord>,
     flows: HashMap<FlowKey, (u64, u64)>,
+    /// With `stealth = true`: the `public` ports and the local ephemeral range (as
+    /// /proc/sys/net/ipv4/ip_local_port_range says when the model is made).
+    stealth: Option<(Vec<Knock>, (u16, u16))>,
+    /// SYNs and datagrams stealth dropped so far.
+    pub stealth_drops: u64,
+}
+
+/// The local ephemeral port range, read as the loader reads it when it applies a
+/// config (Linux's default when it cannot be read).
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut w = t.split_whitespace().map(str::parse::<u16>);
+            let (low, high) = (w.next()?.ok()?, w.next()?.ok()?);
+            (low <= high).then_some((low, high))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 const NS: u128 = 1_000_000_000;
@@ -240,6 +258,40 @@ impl Model {
             deny: config.deny.clone(),
             bans: HashMap::new(),
             flows: HashMap::new(),
+            stealth: config
+                .stealth
+                .as_ref()
+                .map(|s| (s.public.clone(), ephemeral_range())),
+            stealth_drops: 0,
+        }
+    }
+
+    /// The `public` ports, if stealth is on.
+    pub fn public(&self) -> Option<&[Knock]> {
+        self.stealth.as_ref().map(|(p, _)| p.as_slice())
+    }
+
+    /// The ephemeral range stealth leaves UDP open in, if stealth is on.
+    pub fn ephemeral(&self) -> Option<(u16, u16)> {
+        self.stealth.as_ref().map(|(_, r)| *r)
+    }
+
+    /// Whether stealth hides `port` (one no sequence uses): README "Stealth", every
+    /// port but the public ones and, for UDP, the ephemeral range.
+    pub fn hidden(&self, port: Knock) -> bool {
+        self.stealth.as_ref().is_some_and(|(public, (low, high))| {
+            !public.contains(&port) && !(port.proto == PROTO_UDP && (*low..=*high).contains(&port.port))
+        })
+    }
+
+    /// The verdict for a port no sequence uses: a SYN (without ACK) or a datagram
+    /// to a hidden port is dropped, everything else passes.
+    fn unconfigured(&mut self, port: Knock, opens: bool) -> u32 {
+        if opens && self.hidden(port) {
+            self.stealth_drops += 1;
+            DROP
+        } else {
+            PASS
         }
     }
 
@@ -317,7 +369,7 @@ impl Model {
                 Some(Access::Deny) if knock_port || protected => return DROP,
                 Some(Access::Allow) if knock_port => return DROP,
                 Some(Access::Allow) if protected => return PASS,
-                Some(_) => return PASS,
+                Some(_) => return self.unconfigured(port, opens),
                 None => {}
             }
         }
@@ -339,7 +391,7 @@ impl Model {
             return DROP;
         }
         if !self.seqs.iter().any(|s| s.protect.contains(&port)) {
-            return PASS;
+            return self.unconfigured(port, opens);
         }
         let key = FlowKey {
             src,
