@@ -111,6 +111,10 @@ pub struct PortRule {
 
 /// `PortRule::flags`: the (UDP) port takes Single Packet Authorization requests.
 pub const RULE_SPA: u8 = 1;
+/// `PortRule::flags`: stealth is on and the port is none of the configured or public
+/// ones: a TCP SYN or a UDP datagram to it is dropped, so that a scan sees one
+/// uniform wall. Never set on UDP ports of the local ephemeral range.
+pub const RULE_STEALTH: u8 = 2;
 
 /// The SPA request format's version (the first payload byte); see the README.
 pub const SPA_VERSION: u8 = 1;
@@ -268,11 +272,16 @@ pub struct Settings {
     pub auth_hint_shift: u32,
     /// Nonzero when the allow/deny map has entries (else it is not looked up).
     pub access_rules: u8,
-    pub _pad: u8,
+    /// Bans of IPv6 sources key on the address's first this many bits (1..=128; 0
+    /// counts as 128); IPv4 sources are banned by address.
+    pub ban_ipv6_prefix: u8,
     /// The SPA port (0: none). The kernel reads `PortRule::flags`; this is the
     /// loader's record of which entry to clear when the port changes.
     pub spa_port: u16,
-    pub _pad2: u32,
+    /// Nonzero while port rules may carry RULE_STEALTH: the loader's record of
+    /// whether the whole array must be rewritten when the config changes.
+    pub stealth: u8,
+    pub _pad2: [u8; 3],
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at
@@ -298,7 +307,8 @@ pub const ACCESS_DENY: u8 = 2;
 /// Entries the allow/deny map holds.
 pub const ACCESS_ENTRIES: u32 = 4096;
 
-/// A source address alone: the key of the ban map.
+/// A source address alone: the key of the SPA budget map, and of the ban map, where an
+/// IPv6 source stands cut to `Settings::ban_ipv6_prefix` bits (the rest zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct SourceAddr {
@@ -497,9 +507,13 @@ pub enum Counter {
     SpaShed = 15,
     /// SPA requests the ring buffer to `xknock run` had no room for.
     SpaLost = 16,
+    /// IPv6 from an IPv4-mapped source (`::ffff:a.b.c.d`), which Linux drops too.
+    DropMapped = 17,
+    /// A TCP SYN or UDP datagram to a port stealth hides (not public, not configured).
+    DropStealth = 18,
 }
 
-pub const COUNTERS: u32 = 17;
+pub const COUNTERS: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -520,6 +534,8 @@ impl Counter {
         Counter::SpaRefused,
         Counter::SpaShed,
         Counter::SpaLost,
+        Counter::DropMapped,
+        Counter::DropStealth,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -541,6 +557,8 @@ impl Counter {
             Counter::SpaRefused => "spa_refused",
             Counter::SpaShed => "spa_shed",
             Counter::SpaLost => "spa_lost",
+            Counter::DropMapped => "drop_mapped",
+            Counter::DropStealth => "drop_stealth",
         }
     }
 }
@@ -588,7 +606,7 @@ pub mod map_names {
 /// The layout of the pinned maps: every key and value type above, their sizes and
 /// meanings. Bump it with any change to them: a `run` adopts pinned maps only of its
 /// own layout (`layout_snapshot` in the tests fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Entry 0 of XK_META: what the pinned maps are. Written by the loader that created
 /// them. Its own layout never changes: it is how the others' are told apart.

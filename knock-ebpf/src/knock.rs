@@ -45,14 +45,64 @@ extern "C" fn one_sequence(index: u64, round: *mut c_void) -> i64 {
     0
 }
 
+/// Whether `src` can never be a knocking peer: IPv4 0.0.0.0/8, 127.0.0.0/8,
+/// 224.0.0.0/4 and 255.255.255.255 (IPv4-mapped), IPv6 `::`, `::1` and ff00::/8.
+/// userspace's `addr::is_martian` says the same.
+#[inline(always)]
+pub fn is_martian(src: &[u8; 16]) -> bool {
+    let word = |i: usize| {
+        let at = i % 4 * 4;
+        u32::from_be_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]])
+    };
+    let (w0, w1, w2, w3) = (word(0), word(1), word(2), word(3));
+    if w0 | w1 == 0 && w2 == 0xffff {
+        let first = w3 >> 24;
+        first == 0 || first == 127 || (224..240).contains(&first) || w3 == u32::MAX
+    } else {
+        (w0 | w1 | w2 == 0 && w3 <= 1) || w0 >> 24 == 0xff
+    }
+}
+
 /// Whether `src` is banned now. Costs nothing while bans are off.
 #[inline(always)]
 pub fn banned(src: &[u8; 16], settings: &Settings, now: u64) -> bool {
-    if settings.ban_failures == 0 {
-        return false;
-    }
+    settings.ban_failures != 0 && ban_in_force(src, settings.ban_ipv6_prefix, now)
+}
+
+/// `banned`'s lookup, out of line: the verifier then checks the key's arithmetic once,
+/// not on every path that asks.
+#[inline(never)]
+fn ban_in_force(src: &[u8; 16], prefix: u8, now: u64) -> bool {
     // SAFETY: the value is read at once.
-    unsafe { XK_BANS.get(&SourceAddr { addr: *src }) }.is_some_and(|b| now < b.until_ns)
+    unsafe { XK_BANS.get(&ban_key(src, prefix)) }.is_some_and(|b| now < b.until_ns)
+}
+
+/// The ban map's key for `src`: an IPv4 (mapped) address whole, an IPv6 address cut
+/// to its first `prefix` bits (0, unset, counts as 128), so that one network's
+/// addresses share one ban. userspace's `addr::ban_key` does the same.
+#[inline(always)]
+fn ban_key(src: &[u8; 16], prefix: u8) -> SourceAddr {
+    // SAFETY: [u8; 16] and [u64; 2] have the same size, any bits are valid.
+    let [hi, lo] = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*src) };
+    let (hi, lo) = (u64::from_be(hi), u64::from_be(lo));
+    if hi == 0 && lo >> 32 == 0xffff {
+        return SourceAddr { addr: *src };
+    }
+    let bits = if prefix == 0 || prefix > 128 {
+        128
+    } else {
+        u32::from(prefix)
+    };
+    let mask = |bits: u32| match bits {
+        0 => 0,
+        64.. => u64::MAX,
+        n => u64::MAX << (64 - n),
+    };
+    let (hi, lo) = (hi & mask(bits.min(64)), lo & mask(bits.saturating_sub(64)));
+    let words = [hi.to_be(), lo.to_be()];
+    // SAFETY: as above.
+    let addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) };
+    SourceAddr { addr }
 }
 
 impl Knocker<'_> {
@@ -209,7 +259,7 @@ impl Knocker<'_> {
 /// Kept out of line: the verifier then sees one call per reset, not its branches.
 #[inline(never)]
 fn fail(src: &[u8; 16], s: &Settings, now: u64) {
-    let addr = SourceAddr { addr: *src };
+    let addr = ban_key(src, s.ban_ipv6_prefix);
     // SAFETY: the value is copied out before the map is changed.
     let mut ban: Ban = unsafe { XK_BANS.get(&addr) }.copied().unwrap_or_default();
     if now.saturating_sub(ban.window_start_ns) > s.ban_window_ns {
@@ -221,9 +271,10 @@ fn fail(src: &[u8; 16], s: &Settings, now: u64) {
         ban.until_ns = now.saturating_add(s.ban_for_ns);
         ban.failures = 0;
         ban.window_start_ns = now;
+        // The key, not the source: for IPv6 the ban is the prefix's.
         emit(&Event {
             ts_ns: now,
-            addr: *src,
+            addr: addr.addr,
             kind: EventKind::Ban as u8,
             ..Event::default()
         });

@@ -23,7 +23,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    RULE_SPA, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_SYN, auth_hint_slot, port_rule_index,
+    RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    auth_hint_slot, port_rule_index,
 };
 use maps::{
     XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES,
@@ -34,11 +35,16 @@ use parse::{Packet, Parsed, Transport};
 /// A kept connection's last-seen time is refreshed at most this often, so that a busy
 /// connection does not write the map on every packet.
 const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+/// How long a kept connection lives on after a FIN from its source, counted from its
+/// latest packet: long enough for the closing ACKs, short enough that the flow does
+/// not outlive the connection (README, "Kept connections").
+const FLOW_LINGER_NS: u64 = 5_000_000_000;
 
 #[xdp]
 pub fn xknock(ctx: XdpContext) -> u32 {
     let (action, counter) = match parse::parse(&ctx) {
         Ok(Parsed::Other) => (XDP_PASS, Counter::PassOther),
+        Ok(Parsed::MappedSource) => (XDP_DROP, Counter::DropMapped),
         Ok(Parsed::LaterFragment) => (XDP_PASS, Counter::PassFragment),
         Ok(Parsed::OverlappingFragment) => (XDP_DROP, Counter::DropFragment),
         Ok(Parsed::Transport(transport)) => decide(&ctx, &transport),
@@ -66,16 +72,22 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
         .and_then(|index| XK_PORT_RULES.get(index))
         .copied()
         .unwrap_or_default();
-    // Strict sequences see every SYN and datagram from a source they track.
-    let strict_mask = if opens_connection(transport.proto, transport.tcp_flags) {
-        rule.strict_mask
+    // Strict sequences see every SYN and datagram from a source they track; stealth
+    // drops only those (replies to the host's own connections pass). The SPA flag is
+    // on UDP ports only, which always open.
+    let (strict_mask, flags) = if opens_connection(transport.proto, transport.tcp_flags) {
+        (rule.strict_mask, rule.flags)
     } else {
-        0
+        (0, 0)
     };
-    if rule.knock_mask | rule.protect_mask | strict_mask | rule.flags == 0 {
+    if rule.knock_mask | rule.protect_mask | strict_mask | flags == 0 {
         return (XDP_PASS, Counter::PassOther);
     }
-    if rule.flags & RULE_SPA != 0 {
+    // Stealth ports carry no knock or protect bits; strict mode still sees them.
+    if flags & RULE_STEALTH != 0 && strict_mask == 0 {
+        return (XDP_DROP, Counter::DropStealth);
+    }
+    if flags & RULE_SPA != 0 {
         // Only UDP ports carry RULE_SPA, and no sequence uses them (so strict mode
         // does not see these datagrams either).
         return (XDP_DROP, spa::request(ctx, transport));
@@ -93,11 +105,13 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
             ACCESS_ALLOW if rule.knock_mask != 0 => return (XDP_DROP, Counter::DropKnock),
             ACCESS_ALLOW if rule.protect_mask != 0 => return (XDP_PASS, Counter::PassAllowed),
             // Listed sources are not tracked, so strict mode has nothing to reset.
-            ACCESS_DENY | ACCESS_ALLOW => return (XDP_PASS, Counter::PassOther),
+            ACCESS_DENY | ACCESS_ALLOW => return unconfigured(flags),
             _ => {}
         }
     }
-    if rule.knock_mask | strict_mask != 0 {
+    // A martian source (loopback, unspecified, multicast, broadcast) is never
+    // tracked, so its knocks authorize nothing; checked on the knock path only.
+    if rule.knock_mask | strict_mask != 0 && !knock::is_martian(&packet.src) {
         let knocker = knock::Knocker {
             packet,
             settings: &settings,
@@ -108,7 +122,22 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
     if rule.knock_mask != 0 {
         (XDP_DROP, Counter::DropKnock)
     } else if rule.protect_mask != 0 {
-        guard(packet, rule.protect_mask, &settings)
+        let counter = guard(packet, rule.protect_mask, &settings);
+        let action = match counter {
+            Counter::PassAuthorized | Counter::PassEstablished => XDP_PASS,
+            _ => XDP_DROP,
+        };
+        (action, counter)
+    } else {
+        unconfigured(flags)
+    }
+}
+
+/// The verdict for a port no sequence uses: it passes unless stealth hides it.
+#[inline(always)]
+fn unconfigured(flags: u8) -> (u32, Counter) {
+    if flags & RULE_STEALTH != 0 {
+        (XDP_DROP, Counter::DropStealth)
     } else {
         (XDP_PASS, Counter::PassOther)
     }
@@ -121,10 +150,13 @@ pub(crate) fn access(src: &[u8; 16]) -> u8 {
     XK_ACCESS.get(&key).copied().unwrap_or(0)
 }
 
-/// The verdict for a packet to a protected port. Out of line, so that its stack is
-/// not added to the knock path's (the verifier allows 512 bytes along a call chain).
+/// The verdict for a packet to a protected port, as its counter (PassAuthorized,
+/// PassEstablished or DropProtected): a plain value, since a returned pair goes
+/// through the caller's stack, which the verifier refuses. Out of line, so that its
+/// stack is not added to the knock path's (the verifier allows 512 bytes along a
+/// call chain).
 #[inline(never)]
-fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counter) {
+fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> Counter {
     // Read the clock only once something is found to compare with: a source with no
     // connection and no authorization is dropped without it.
     let mut clock = 0u64;
@@ -149,17 +181,14 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counte
         // SAFETY: the pointer is to a map value; concurrent refreshes only race on
         // which of two current times is stored.
         let flow = unsafe { &mut *flow };
-        let now = now();
-        let idle = now.saturating_sub(flow.last_ns);
-        if idle <= flow.idle_timeout_ns {
-            if idle > FLOW_REFRESH_NS {
-                flow.last_ns = now;
-            }
-            return (XDP_PASS, Counter::PassEstablished);
+        match kept(flow, &flow_key, packet, settings, now()) {
+            Kept::Pass => return Counter::PassEstablished,
+            Kept::Closed => return Counter::DropProtected,
+            Kept::Over => {}
         }
     }
     if !maybe_authorized(&packet.src, settings) {
-        return (XDP_DROP, Counter::DropProtected);
+        return Counter::DropProtected;
     }
     for seq in 0..MAX_SEQUENCES as u8 {
         if protect_mask & (1 << seq) == 0 {
@@ -182,17 +211,63 @@ fn guard(packet: &Packet, protect_mask: u8, settings: &Settings) -> (u32, Counte
         }
         if let Some(config) = XK_SEQUENCES.get(seq as u32)
             && config.flags & SEQ_KEEP_ESTABLISHED != 0
+            && packet.tcp_flags & TCP_RST == 0
         {
             let flow = Flow {
                 last_ns: now,
-                idle_timeout_ns: config.idle_timeout_ns,
+                idle_timeout_ns: flow_idle(config.idle_timeout_ns, packet.tcp_flags),
             };
             // A full LRU evicts the oldest kept connection; nothing to handle.
             let _ = XK_FLOWS.insert(&flow_key, &flow, 0);
         }
-        return (XDP_PASS, Counter::PassAuthorized);
+        return Counter::PassAuthorized;
     }
-    (XDP_DROP, Counter::DropProtected)
+    Counter::DropProtected
+}
+
+/// What a kept connection says about a packet on it.
+enum Kept {
+    /// It passes.
+    Pass,
+    /// Its source is banned: the connection is closed (and forgotten).
+    Closed,
+    /// The flow is over (idle too long): judge the packet as a new one.
+    Over,
+}
+
+/// A kept connection's verdict for a packet on it. A ban (only looked up when bans
+/// are on) ends the flow and drops the packet; a RST from the source ends it and
+/// passes; a FIN cuts what is left of it to FLOW_LINGER_NS after the last packet, so
+/// the closing ACKs still pass.
+#[inline(always)]
+fn kept(flow: &mut Flow, key: &FlowKey, packet: &Packet, settings: &Settings, now: u64) -> Kept {
+    let idle = now.saturating_sub(flow.last_ns);
+    if idle > flow.idle_timeout_ns {
+        return Kept::Over;
+    }
+    if knock::banned(&packet.src, settings, now) {
+        let _ = XK_FLOWS.remove(key);
+        return Kept::Closed;
+    }
+    if packet.tcp_flags & TCP_RST != 0 {
+        let _ = XK_FLOWS.remove(key);
+    } else if packet.tcp_flags & TCP_FIN != 0 && flow.idle_timeout_ns > FLOW_LINGER_NS {
+        flow.idle_timeout_ns = FLOW_LINGER_NS;
+        flow.last_ns = now;
+    } else if idle > FLOW_REFRESH_NS {
+        flow.last_ns = now;
+    }
+    Kept::Pass
+}
+
+/// A new kept connection's idle timeout: a FIN on its first packet lingers only.
+#[inline(always)]
+fn flow_idle(idle_timeout_ns: u64, tcp_flags: u8) -> u64 {
+    if tcp_flags & TCP_FIN != 0 {
+        idle_timeout_ns.min(FLOW_LINGER_NS)
+    } else {
+        idle_timeout_ns
+    }
 }
 
 /// False when no authorization has `src`'s hint slot, so none can be `src`'s; this

@@ -21,12 +21,14 @@ pub static XK_META: Array<Meta, 1> = Array::new();
 #[btf_map(pin_by_name)]
 pub static XK_SEQUENCES: Array<SequenceConfig, MAX_SEQUENCES> = Array::new();
 
-/// Which sequences knock on or protect each (protocol, port). Written by the loader;
-/// the one lookup every TCP and UDP packet pays.
+/// Which sequences knock on or protect each (protocol, port), the SPA port, and the
+/// ports stealth hides. Written by the loader; the one lookup every TCP and UDP
+/// packet pays.
 #[btf_map(pin_by_name)]
 pub static XK_PORT_RULES: Array<PortRule, { PORT_RULE_ENTRIES as usize }> = Array::new();
 
-/// Global settings in entry 0 (strict mask, clock offset). Written by the loader.
+/// Global settings in entry 0 (ban policy and IPv6 ban prefix, test clock, the
+/// loader's records). Written by the loader.
 #[btf_map(pin_by_name)]
 pub static XK_SETTINGS: Array<Settings, 1> = Array::new();
 
@@ -54,9 +56,9 @@ pub static XK_AUTH_HINT: Array<u64, { AUTH_HINT_MIN_SLOTS as usize }, { BPF_F_MM
 #[btf_map(pin_by_name)]
 pub static XK_FLOWS: LruHashMap<FlowKey, Flow, 65536> = LruHashMap::new();
 
-/// Failures and bans per source address. Written by the kernel; removed by
-/// `xknock unban` and by `run` when a ban is over. LRU: a flood of failing sources
-/// evicts the oldest records, never an authorization.
+/// Failures and bans per source address (IPv6 ones cut to the ban prefix). Written
+/// by the kernel; removed by `xknock unban` and by `run` when a ban is over. LRU: a
+/// flood of failing sources evicts the oldest records, never an authorization.
 #[btf_map(pin_by_name)]
 pub static XK_BANS: LruHashMap<SourceAddr, Ban, 65536> = LruHashMap::new();
 

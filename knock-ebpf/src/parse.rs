@@ -91,6 +91,9 @@ impl Transport {
 pub enum Parsed {
     /// Not IP, or IP carrying neither TCP nor UDP.
     Other,
+    /// IPv6 from an IPv4-mapped source (`::ffff:a.b.c.d`): Linux drops these, and
+    /// tracked they would stand for the IPv4 address.
+    MappedSource,
     /// A fragment past the first: its first fragment carried the L4 header and verdict.
     LaterFragment,
     /// A fragment at offset 1 (8 bytes), which could rewrite the TCP flags of its
@@ -191,6 +194,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
     if version != 6 {
         return Err(Unparsed);
     }
+    if is_v4_mapped(ip) {
+        return Ok(Parsed::MappedSource);
+    }
     let src = SourceAt::V6(offset + core::mem::offset_of!(Ipv6Hdr, src_addr));
     let mut offset = offset + Ipv6Hdr::LEN;
     // One pass per extension header, plus the one that reaches the L4 header.
@@ -234,6 +240,17 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
         offset += len;
     }
     Err(Unparsed)
+}
+
+/// Whether the IPv6 header's source is `::ffff:a.b.c.d`: its first three 32-bit
+/// words (read as words, inside the header `ptr_at` already checked).
+#[inline(always)]
+fn is_v4_mapped(ip: *const Ipv6Hdr) -> bool {
+    // SAFETY: the caller checked the whole fixed header.
+    let word =
+        |at: usize| u32::from_ne_bytes(unsafe { *(&raw const (*ip).src_addr).cast::<[u8; 4]>().add(at) });
+    let words = [word(0), word(1), word(2)];
+    words[0] | words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
 #[inline(always)]

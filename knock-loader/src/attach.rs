@@ -3,6 +3,7 @@
 use std::{
     ffi::CString,
     fs,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -12,15 +13,15 @@ use aya::{
     programs::{
         Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
-        xdp::{XdpLink, XdpLinkId},
+        xdp::XdpLinkId,
     },
 };
 use knock_common::map_names;
 
 use crate::{
-    EBPF_OBJECT, PROGRAM_NAME,
+    EBPF_OBJECT, PROGRAM_NAME, bpf,
     config::{Limits, XdpMode},
-    hint,
+    fault, hint,
     pins::{self, Pinned},
 };
 
@@ -51,17 +52,9 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 /// Loads the program into the kernel with every map pinned under `pin_dir`; maps
 /// already pinned there (by an earlier `run`, or another version of xknock with the
 /// same layout) are adopted, with their contents. Refuses, before anything is
-/// loaded, maps it cannot adopt, and pinned state another `run` is using.
+/// loaded, maps it cannot adopt. The caller holds the pin directory's `RunLock`.
 pub fn load(pin_dir: &Path, limits: &Limits) -> Result<(Ebpf, Pinned)> {
     ensure_bpffs(pin_dir)?;
-    if let Some(pid) = pins::users(pin_dir)?.first() {
-        bail!(
-            "xknock run (pid {pid}) is already using {}: stop it first (SIGTERM; with \
-             --keep-attached its filter stays until this run takes over), or choose another \
-             --pin-dir",
-            pin_dir.display()
-        );
-    }
     let pinned = pins::check(pin_dir)?;
     fs::create_dir_all(pin_dir)
         .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
@@ -133,9 +126,10 @@ pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
 }
 
 /// Attaches to `iface` and pins the link, so that filtering goes on if this process
-/// dies. If a link is already pinned there (a `run` that died), the program behind it
-/// is replaced atomically instead: there is no moment without a filter.
-/// Returns the pinned link and how it was attached.
+/// dies. If a link is already pinned there (an earlier `run`, this version or
+/// another), the program behind it is replaced in one update and the link stays
+/// pinned throughout: there is no moment without a filter, and if the kernel refuses
+/// the update the old program goes on filtering. Returns the pinned link and how.
 pub fn attach_pinned(
     xdp: &mut Xdp,
     pin_dir: &Path,
@@ -143,27 +137,80 @@ pub fn attach_pinned(
     mode: XdpMode,
 ) -> Result<(PinnedLink, String)> {
     let path = link_pin(pin_dir, iface);
-    let (id, how) = if path.exists() {
-        let old = PinnedLink::from_pin(&path)
-            .with_context(|| format!("cannot open the pinned link {}", path.display()))?
-            .unpin()
-            .with_context(|| format!("cannot unpin {}", path.display()))?;
-        let old = XdpLink::try_from(old).with_context(|| format!("{} is not an XDP link", path.display()))?;
-        let id = xdp
-            .attach_to_link(old)
-            .with_context(|| format!("cannot replace the program on {iface}"))?;
-        (id, "replaced the program behind the pinned link".to_owned())
-    } else {
-        let (id, mode) = attach(xdp, iface, mode)?;
-        (id, format!("attached in {mode} mode"))
-    };
+    if path.exists() {
+        update_link(xdp, &path).with_context(|| {
+            format!("cannot replace the program on {iface}: the program it had goes on filtering")
+        })?;
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("cannot open the pinned link {}", path.display()))?;
+        return Ok((link, "replaced the program behind the pinned link".to_owned()));
+    }
+    let (id, mode) = attach(xdp, iface, mode)?;
     let link = FdLink::try_from(xdp.take_link(id)?).map_err(|e| {
         anyhow!("the kernel attached {iface} without a BPF link ({e}); xknock needs Linux 5.9 or newer")
     })?;
     let pinned = link
         .pin(&path)
         .with_context(|| format!("cannot pin the link at {}", path.display()))?;
-    Ok((pinned, how))
+    Ok((pinned, format!("attached in {mode} mode")))
+}
+
+/// BPF_LINK_UPDATE: puts `xdp` behind the link pinned at `path`, atomically; the pin
+/// is never removed, so a refusal leaves the link as it was.
+fn update_link(xdp: &Xdp, path: &Path) -> Result<()> {
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_F_REPLACE: u32 = 4;
+    let link = obj_get(path)?;
+    let prog = xdp.fd().context("the program is not loaded")?.as_fd().as_raw_fd();
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    if fault::injected("link-update") {
+        // A condition the kernel refuses (EPERM): "replace the program if it is
+        // this one", naming the new program, which the link does not hold.
+        attr.flags = BPF_F_REPLACE;
+        attr.old_prog_fd = prog as u32;
+    }
+    // SAFETY: BPF_LINK_UPDATE's attributes; both descriptors are open.
+    unsafe { bpf::call(BPF_LINK_UPDATE, &attr) }.context("the kernel refused the link update")?;
+    Ok(())
+}
+
+/// BPF_OBJ_GET: a file descriptor for the object pinned at `path` (aya gives pinned
+/// links no public descriptor).
+pub fn obj_get(path: &Path) -> Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).context("pin path has a NUL byte")?;
+    let attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: BPF_OBJ_GET's attributes; the path outlives the call.
+    let fd = unsafe { bpf::call(BPF_OBJ_GET, &attr) }
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: a new descriptor the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Pins the program (replacing the pin of an earlier `run`'s program).

@@ -376,6 +376,12 @@ impl Commands {
             _ => return,
         };
         let Some(template) = template else { return };
+        // Never authorized, so never an %IP% (defence in depth: the kernel and `allow`
+        // refuse them already).
+        if crate::addr::is_martian(line.source) {
+            log::warn!("{key} of {sequence} not run: {} is a martian source", line.source);
+            return;
+        }
         let ip = line.source.to_string();
         let vars = Vars {
             ip: &ip,
@@ -552,6 +558,52 @@ mod tests {
             stats.succeeded.load(Relaxed),
             3,
             "two at once, then the queued one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_martian_source_never_runs_a_command() {
+        let toml = "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000\"]\nprotect = [\"22/tcp\"]\n\
+                    on_open = \"/bin/true %IP%\"\non_close = \"/bin/true %IP%\"\n";
+        let config = Config::parse(Path::new("t.toml"), toml).expect("valid");
+        let commands = Commands::new(&config);
+        let line = |event: &'static str, source: &str| EventLine {
+            ts: String::new(),
+            event,
+            source: source.parse().expect("addr"),
+            sequence: Some("ssh".into()),
+            step: None,
+            of: None,
+            port: None,
+            reason: None,
+            open_for: None,
+            client: None,
+            detail: None,
+        };
+        for martian in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "ff02::1",
+        ] {
+            commands.event(&line("open", martian));
+            commands.event(&line("close", martian));
+        }
+        assert_eq!(commands.runner().pending(), (0, 0), "nothing started or queued");
+        commands.event(&line("open", "198.18.0.1"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while commands.runner().pending() != (0, 0) {
+            assert!(Instant::now() < deadline, "still pending");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = commands.runner().stats();
+        assert_eq!(
+            stats.succeeded.load(Relaxed),
+            1,
+            "only the real source's command ran"
         );
     }
 }

@@ -265,8 +265,17 @@ impl Events {
         let mut lines = Vec::new();
         for (key, expires) in &current {
             if *expires <= now_ns {
-                // Removed by someone else meanwhile is fine.
-                state.unauthorize(key);
+                // Renewed meanwhile (a re-knock at expiry): still open, nothing to say.
+                match state.unauthorize_expired(key, now_ns) {
+                    Ok(true) => {}
+                    Ok(false) if state.authorized.get(key, 0).is_ok() => continue,
+                    // Removed by someone else meanwhile: closed all the same.
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!("expiry: {e:#}; retried at the next sweep");
+                        continue;
+                    }
+                }
                 let mut l = self.line(clock::wall_time(*expires, now_ns), "close", key.addr, key.seq);
                 l.reason = Some("expired");
                 lines.push(l);

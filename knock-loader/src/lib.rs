@@ -3,12 +3,15 @@
 //! Authorization (`spa`), the commands run on open and close (`commands`), and the
 //! metrics `run` serves (`metrics`).
 
+pub mod addr;
 pub mod attach;
+pub mod bpf;
 pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod fault;
 pub mod hint;
 pub mod ifaces;
 pub mod knockd;

@@ -273,18 +273,15 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(opts) => run::run(opts),
         Command::Reload { pin_dir } => {
-            let pids = pins::users(&pin_dir)?;
-            if pids.is_empty() {
+            let Some(pid) = pins::holder(&pin_dir)? else {
                 bail!("no xknock run is using {}", pin_dir.display());
+            };
+            // SAFETY: a plain signal to the process holding the pin directory's lock.
+            if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot signal pid {pid}"));
             }
-            for pid in pids {
-                // SAFETY: a plain signal to a process we found holding our program.
-                if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("cannot signal pid {pid}"));
-                }
-                println!("asked xknock run (pid {pid}) to reload; it logs the outcome");
-            }
+            println!("asked xknock run (pid {pid}) to reload; it logs the outcome");
             Ok(())
         }
         Command::Down { pin_dir } => {

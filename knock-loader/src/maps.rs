@@ -41,6 +41,9 @@ pub struct State {
     pub bans: HashMap<MapData, SourceAddr, Ban>,
     pub access: LpmTrie<MapData, [u8; 16], u8>,
     pub spa_keys: HashMap<MapData, SpaKeyId, SpaCheckKey>,
+    /// What the port-rule entries no sequence uses hold, as this State last wrote
+    /// them (None: not written yet by it).
+    background: Option<crate::config::Background>,
 }
 
 impl State {
@@ -88,6 +91,7 @@ impl State {
             bans: typed(get, map_names::BANS)?,
             access: typed(get, map_names::ACCESS)?,
             spa_keys: typed(get, map_names::SPA_KEYS)?,
+            background: None,
         })
     }
 
@@ -205,13 +209,27 @@ impl State {
                 .context("cannot write the sequence map")?;
         }
         let rules = config.port_rules(now);
-        let strict_mask = config.strict_mask();
-        let unconfigured = PortRule {
-            strict_mask,
-            ..PortRule::default()
-        };
-        // Strict masks sit in every entry, so a change of them rewrites all.
-        let stale: Vec<u32> = if strict_mask != old_strict_mask {
+        let background = config.background(crate::addr::local_port_range());
+        // What the unused entries hold now: known when this State wrote them, or
+        // when no stealth bits can be there (only the old strict mask, then).
+        let mut settings = self.settings()?;
+        let old_background = self.background.clone().or_else(|| {
+            (settings.stealth == 0).then_some(crate::config::Background {
+                strict_mask: old_strict_mask,
+                stealth: None,
+            })
+        });
+        if background.stealth.is_some() && settings.stealth == 0 {
+            // Recorded before any stealth bit is written, so that a crash between
+            // leaves the next run knowing it must rewrite them all.
+            settings.stealth = 1;
+            self.settings
+                .set(0, &settings, 0)
+                .context("cannot write the settings map")?;
+        }
+        // Strict masks and stealth bits sit in every entry, so a change of them
+        // rewrites all.
+        let stale: Vec<u32> = if old_background.as_ref() != Some(&background) {
             (0..PORT_RULE_ENTRIES)
                 .filter(|i| !rules.contains_key(i))
                 .collect()
@@ -220,9 +238,10 @@ impl State {
         };
         for index in stale {
             self.port_rules
-                .set(index, &unconfigured, 0)
+                .set(index, &background.rule(index), 0)
                 .context("cannot write the port-rule map")?;
         }
+        self.background = Some(background);
         for (index, rule) in &rules {
             debug_assert!(*index < PORT_RULE_ENTRIES);
             self.port_rules
@@ -263,8 +282,10 @@ impl State {
         live
     }
 
-    /// Adds or renews an authorization, counted in the hint first.
+    /// Adds or renews an authorization, counted in the hint first. A martian source
+    /// (loopback, unspecified, multicast, broadcast) is refused.
     pub fn authorize(&mut self, key: &SourceKey, auth: &Authorization) -> Result<()> {
+        refuse_martian(unmapped(key.addr))?;
         if self.authorized.get(key, 0).is_ok() {
             return self
                 .authorized
@@ -288,6 +309,26 @@ impl State {
         removed
     }
 
+    /// Removes `key`'s authorization if it is still expired at `now_ns`; false if it
+    /// was renewed or is gone. The kernel renews in place, so between a read and a
+    /// delete a re-knock may have renewed it: the delete returns what it removed, and
+    /// a renewal found there is put back at once (unless the kernel made a new one).
+    pub fn unauthorize_expired(&mut self, key: &SourceKey, now_ns: u64) -> Result<bool> {
+        let Some(removed) = lookup_and_delete(&self.authorized, key)? else {
+            return Ok(false);
+        };
+        if removed.expires_ns <= now_ns {
+            self.auth_hint.uncount(&key.addr);
+            return Ok(true);
+        }
+        // Renewed: its count in the hint stays with it.
+        if self.authorized.insert(key, &removed, BPF_NOEXIST).is_err() {
+            // The kernel added one meanwhile and counted it: ours goes.
+            self.auth_hint.uncount(&key.addr);
+        }
+        Ok(false)
+    }
+
     /// Verdict counters summed over CPUs, in `Counter` order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
         (0..COUNTERS)
@@ -308,6 +349,7 @@ impl State {
 
     /// Authorizes `addr` for sequence `seq` until `now + duration`.
     pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
+        refuse_martian(addr)?;
         let now = self.now_ns()?;
         let auth = Authorization {
             expires_ns: now.saturating_add(crate::config::nanos(duration)),
@@ -369,7 +411,16 @@ impl State {
         Ok(())
     }
 
-    /// Sources banned at `now`, with when their ban ends.
+    /// The ban map's key for `addr` under the settings in force.
+    pub fn ban_key(&self, addr: IpAddr) -> Result<SourceAddr> {
+        let prefix = self.settings()?.ban_ipv6_prefix;
+        Ok(SourceAddr {
+            addr: crate::addr::ban_key(mapped(addr), prefix),
+        })
+    }
+
+    /// Ban keys live at `now` (IPv6 ones cut to the ban prefix), with when their ban
+    /// ends.
     pub fn live_bans(&self, now: u64) -> std::collections::HashMap<[u8; 16], u64> {
         self.bans
             .iter()
@@ -379,15 +430,26 @@ impl State {
             .collect()
     }
 
-    /// Lifts `addr`'s ban and forgets its failures. Returns whether it was banned.
+    /// Lifts `addr`'s ban and forgets its failures (for IPv6, those of its prefix:
+    /// any address of it does). Returns whether it was banned.
     pub fn unban(&mut self, addr: IpAddr) -> Result<bool> {
-        let key = SourceAddr { addr: mapped(addr) };
+        let key = self.ban_key(addr)?;
         let now = self.now_ns()?;
         let was_banned = self.bans.get(&key, 0).is_ok_and(|b| now < b.until_ns);
         // Absent already is fine: nothing to lift.
         let _ = self.bans.remove(&key);
         Ok(was_banned)
     }
+}
+
+/// An error for a martian source, which is never authorized.
+fn refuse_martian(addr: IpAddr) -> Result<()> {
+    if crate::addr::is_martian(addr) {
+        anyhow::bail!(
+            "{addr} is a loopback, unspecified, multicast or broadcast address: no peer sends from it, so it is never authorized"
+        );
+    }
+    Ok(())
 }
 
 pub fn sequence_name(c: &SequenceConfig) -> String {
@@ -414,4 +476,37 @@ pub fn source_key(addr: IpAddr, seq: u8) -> SourceKey {
         seq,
         _pad: [0; 3],
     }
+}
+
+/// BPF_MAP_LOOKUP_AND_DELETE_ELEM: removes `key` and returns the value removed, in
+/// one step (aya has it for queues and stacks only).
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<Option<V>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+    let attr = Attr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: BPF_MAP_LOOKUP_AND_DELETE_ELEM's attributes; key and value point to
+    // buffers of the map's key and value sizes, alive for the call.
+    match unsafe { crate::bpf::call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr) } {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).context("cannot remove an authorization"),
+    }
+    // SAFETY: the kernel wrote the whole value; V is plain data.
+    Ok(Some(unsafe { value.assume_init() }))
 }

@@ -4,7 +4,9 @@
 //! Every scrape opens the pinned maps itself and reads them on a blocking thread, so
 //! the server shares nothing with the event loop but the commands' tallies, and a
 //! scrape of a map with a million entries never holds up events. One scrape reads
-//! at a time; others wait for it.
+//! at a time; others wait for it. At most `MAX_CONNECTIONS` clients are served at
+//! once, each for `CONNECTION_TIMEOUT` at most: a local user cannot make `run` run
+//! out of descriptors through this port.
 
 use std::{
     convert::Infallible,
@@ -25,13 +27,18 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{commands::Stats, maps::State, status};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// A client that has not sent its request headers by then is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lasts longer, whatever its client does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once: a bound on the descriptors (and memory) a local
+/// client can make `run` spend, far below any descriptor limit.
+const MAX_CONNECTIONS: usize = 16;
 
 /// `--metrics`: PORT (on 127.0.0.1), or ADDR:PORT with an IPv4 or `[IPv6]` address.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -66,30 +73,46 @@ pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>) {
         commands,
         one_at_a_time: Arc::default(),
     });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
+            // At the cap, nothing more is accepted: further clients wait in the
+            // listen queue, costing `run` no descriptor.
+            let Ok(permit) = connections.clone().acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    failing = false;
+                    stream
+                }
                 Err(e) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    log::warn!("metrics: cannot accept a connection: {e}");
+                    // Out of descriptors, say: wait rather than spin, and say it once.
+                    if !failing {
+                        log::warn!("metrics: cannot accept a connection: {e}; retrying");
+                        failing = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let scraper = scraper.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |req| {
                     let scraper = scraper.clone();
                     async move { Ok::<_, Infallible>(scraper.respond(req).await) }
                 });
-                let served = http1::Builder::new()
+                let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    log::debug!("metrics: connection ended: {e}");
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Err(e)) => log::debug!("metrics: connection ended: {e}"),
+                    Err(_) => log::debug!("metrics: connection dropped after {CONNECTION_TIMEOUT:?}"),
+                    Ok(Ok(())) => {}
                 }
             });
         }

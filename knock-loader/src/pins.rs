@@ -1,5 +1,6 @@
 //! The pinned state's lifecycle: whether a `run` may adopt what another left pinned
-//! (the maps' layout), which processes use it, and removing it for good (`down`).
+//! (the maps' layout), the lock that keeps one `run` on it, and removing it for good
+//! (`down`).
 
 use std::{
     fs,
@@ -10,7 +11,6 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{Array, Map, MapData},
-    programs::ProgramInfo,
 };
 use knock_common::{LAYOUT_VERSION, Meta, map_names};
 
@@ -101,46 +101,126 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Processes other than this one that hold the program pinned in `pin_dir`: the
-/// `xknock run` using it (a crashed one holds nothing).
-pub fn users(pin_dir: &Path) -> Result<Vec<u32>> {
-    let path = attach::program_pin(pin_dir);
-    if !path.exists() {
-        return Ok(vec![]);
-    }
-    let id = ProgramInfo::from_pin(&path)
-        .with_context(|| format!("cannot read the pinned program {}", path.display()))?
-        .id();
-    let needle = format!("prog_id:\t{id}\n");
-    let me = std::process::id();
-    let mut pids = vec![];
-    for entry in fs::read_dir("/proc").context("cannot list /proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        // Processes come and go while we look: what cannot be read is not a user.
-        let Ok(fds) = fs::read_dir(entry.path().join("fdinfo")) else {
-            continue;
-        };
-        let holds = fds
-            .flatten()
-            .any(|fd| fs::read_to_string(fd.path()).is_ok_and(|info| info.contains(&needle)));
-        if holds && pid != me {
-            pids.push(pid);
+/// Where the locks that keep one `run` per pin directory live (tmpfs: they are
+/// about running processes, and go with a reboot as those do).
+pub const LOCK_DIR: &str = "/run/xknock";
+
+/// The lock file of `pin_dir`: named after the directory's absolute path, as
+/// systemd escapes paths (`/sys/fs/bpf/xknock` is `sys-fs-bpf-xknock.lock`).
+pub fn lock_path(pin_dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let mut name = String::new();
+    for part in absolute.components().filter_map(|c| match c {
+        std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+        _ => None,
+    }) {
+        if !name.is_empty() {
+            name.push('-');
+        }
+        for b in part.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || (b == b'.' && !name.is_empty()) {
+                name.push(b as char);
+            } else {
+                name.push_str(&format!("\\x{b:02x}"));
+            }
         }
     }
-    Ok(pids)
+    Path::new(LOCK_DIR).join(format!("{name}.lock"))
+}
+
+/// One `run` (or `down`) per pin directory at a time: an exclusive `flock` on the
+/// directory's lock file, which holds the holder's pid. The kernel releases it when
+/// its holder exits, however it exits, so a crashed `run` never blocks the next.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+/// How long the lock's user waits for a holder that is on its way out.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl RunLock {
+    /// Takes the lock of `pin_dir`, or says which process holds it. A holder that
+    /// lets go within a moment (a `run` that was just stopped) is waited for.
+    pub fn take(pin_dir: &Path, what: &str) -> Result<RunLock> {
+        use std::io::{Seek as _, Write as _};
+        let path = lock_path(pin_dir);
+        fs::create_dir_all(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while !flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+            .with_context(|| format!("cannot lock {}", path.display()))?
+        {
+            if std::time::Instant::now() >= deadline {
+                let pid = read_pid(&path).map_or("unknown".to_owned(), |p| p.to_string());
+                bail!(
+                    "xknock run (pid {pid}) is using {}: stop it first (SIGTERM; with \
+                     --keep-attached its filter stays until the next run takes over), then \
+                     {what} again, or choose another --pin-dir",
+                    pin_dir.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// The pid of the `run` holding `pin_dir`'s lock, or `None` when nobody holds it.
+pub fn holder(pin_dir: &Path) -> Result<Option<u32>> {
+    let path = lock_path(pin_dir);
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open the lock {}", path.display())),
+    };
+    // A shared lock is refused only while a `run` holds the exclusive one.
+    if flock(&file, libc::LOCK_SH | libc::LOCK_NB)
+        .with_context(|| format!("cannot lock {}", path.display()))?
+    {
+        return Ok(None);
+    }
+    read_pid(&path)
+        .map(Some)
+        .with_context(|| format!("{} is locked but names no pid", path.display()))
+}
+
+fn read_pid(path: &Path) -> Result<u32> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", path.display()))
+}
+
+/// flock(2) without waiting: true when taken, false when another holds it.
+fn flock(file: &fs::File, op: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// Removes the links (which detaches the program), the program and the maps pinned
 /// in `pin_dir`, and the directory once empty. Returns what it removed.
 pub fn down(pin_dir: &Path) -> Result<Vec<PathBuf>> {
-    if let Some(pid) = users(pin_dir)?.first() {
-        bail!(
-            "xknock run (pid {pid}) is using {}: stop it first (SIGTERM), then run down again",
-            pin_dir.display()
-        );
-    }
+    // Held while removing: no `run` starts on half-removed pins.
+    let _lock = RunLock::take(pin_dir, "run down")?;
     let entries = match fs::read_dir(pin_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),

@@ -20,11 +20,12 @@ use crate::{
     commands::Commands,
     config::{Config, XdpMode},
     events::{EventLine, Events},
-    ifaces::Interfaces,
+    ifaces::{Interfaces, LinkEvents},
     maps::State,
-    metrics, onetime,
-    pins::Pinned,
-    reconcile::Dropped,
+    metrics,
+    onetime::Spender,
+    pins::{Pinned, RunLock},
+    reconcile::Carried,
     spa::{self, Verifier},
 };
 
@@ -32,7 +33,8 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often time-based sequences are checked for a new period or the end of a grace.
 const ROTATE_EVERY: Duration = Duration::from_millis(200);
-/// How often interfaces are checked for appearing, or coming back under a new index.
+/// How often interfaces are checked for appearing, or coming back under a new index,
+/// besides when netlink announces a change.
 const FOLLOW_IFACES_EVERY: Duration = Duration::from_secs(1);
 
 /// `run`'s command line: the config file, what overrides it, and how to run.
@@ -89,10 +91,32 @@ impl RunOptions {
 
 pub fn run(opts: RunOptions) -> Result<()> {
     let config = opts.load()?;
+    raise_descriptor_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(run_async(opts, config))
+}
+
+/// Raises the soft limit on open descriptors to the hard one: a service manager's
+/// usual 1024 is a limit a local user can reach through `--metrics`.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::warn!(
+                    "cannot raise the descriptor limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 fn say(line: &str) {
@@ -116,26 +140,28 @@ impl Output {
         self.commands.event(&line);
     }
 
-    /// Prints the kernel's events; returns the sequences that opened.
+    /// Prints the kernel's events; returns the names of the sequences that opened.
     fn drain(
         &self,
         ring: &mut RingBuf<aya::maps::MapData>,
         events: &mut Events,
         state: &State,
-    ) -> Result<Vec<u8>> {
-        let now = state.now_ns()?;
+    ) -> Vec<String> {
+        let now = state.now_ns().unwrap_or_else(|_| crate::clock::monotonic_ns());
         let mut opened = vec![];
         while let Some(item) = ring.next() {
-            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item) {
-                if ev.kind == EventKind::Open as u8 {
-                    opened.push(ev.seq);
+            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item)
+                && let Some(line) = events.from_kernel(&ev, now)
+            {
+                if ev.kind == EventKind::Open as u8
+                    && let Some(name) = &line.sequence
+                {
+                    opened.push(name.clone());
                 }
-                if let Some(line) = events.from_kernel(&ev, now) {
-                    self.emit(line);
-                }
+                self.emit(line);
             }
         }
-        Ok(opened)
+        opened
     }
 }
 
@@ -158,12 +184,163 @@ struct Live {
     events: Events,
 }
 
+/// A reload that is valid but not yet wholly written into the kernel (a write failed
+/// part way): retried until it is. Until then the kernel is closed where the two
+/// configs differ (see `reconcile`), and nothing else rewrites its tables.
+struct Pending {
+    config: Config,
+    verifier: Option<Verifier>,
+    reported: Option<String>,
+}
+
+/// The kernel-facing state the loop keeps consistent, and retries where a write failed.
+struct Daemon {
+    state: State,
+    live: Live,
+    pending: Option<Pending>,
+    carried: Carried,
+    spender: Spender,
+    /// The time-based slots last written; empty forces a rewrite.
+    slots: Vec<crate::config::Sequence>,
+    /// The tables must be rewritten from the config in force (changed, or a write
+    /// failed).
+    stale: bool,
+    /// A failed rewrite was logged; said again only after one succeeds.
+    failing: bool,
+}
+
+impl Daemon {
+    /// Spends the one-time sequences that opened, and rewrites the tables if they
+    /// changed (the target config's, when a reload is pending).
+    fn opened(&mut self, opened: &[String]) {
+        if !opened.is_empty() {
+            self.spend(opened);
+        }
+    }
+
+    /// What waits for a retry: one-time marks and files, and tables whose write failed.
+    fn retry(&mut self) {
+        if self.spender.pending() {
+            self.spend(&[]);
+        }
+        self.rewrite();
+    }
+
+    fn spend(&mut self, opened: &[String]) {
+        let config = match &mut self.pending {
+            Some(p) => &mut p.config,
+            None => &mut self.live.config,
+        };
+        if self.spender.opened(config, opened) {
+            self.stale = true;
+        }
+        self.rewrite();
+    }
+
+    /// Writes the time-based and one-time sequences' tables when they changed or a
+    /// write failed; a failure is logged and retried at the next tick.
+    fn rewrite(&mut self) {
+        if self.pending.is_some() {
+            return;
+        }
+        let now = SystemTime::now();
+        let next = self.live.config.kernel_slots(now);
+        if next == self.slots && !self.stale {
+            return;
+        }
+        match self.state.apply_sequences(&self.live.config, now) {
+            Ok(()) => {
+                log::debug!("sequence tables rewritten (a new period, a grace's end, a one-time line)");
+                self.slots = next;
+                self.stale = false;
+                self.failing = false;
+            }
+            Err(e) => {
+                if !self.failing {
+                    log::error!("cannot rewrite the sequence tables: {e:#}; retrying");
+                }
+                self.stale = true;
+                self.failing = true;
+            }
+        }
+    }
+
+    /// Validates a reload whole, then starts putting it in force.
+    fn reload(
+        &mut self,
+        opts: &RunOptions,
+        output: &mut Output,
+        ifaces: &mut Interfaces,
+        xdp: &mut aya::programs::Xdp,
+    ) {
+        match prepare(opts, &self.live, &self.spender) {
+            Ok((config, verifier)) => {
+                if let Err(e) = ifaces.set(xdp, &config.interfaces) {
+                    log::error!("reload: {e:#}");
+                }
+                self.pending = Some(Pending {
+                    config,
+                    verifier,
+                    reported: None,
+                });
+                self.finish_reload(opts, output);
+            }
+            Err(e) => log::error!("reload refused, the running config stays in force: {e:#}"),
+        }
+    }
+
+    /// Writes a pending reload into the kernel; on success it is the config in force.
+    fn finish_reload(&mut self, opts: &RunOptions, output: &mut Output) {
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        match self.state.apply_keeping(&pending.config, &mut self.carried) {
+            Ok(dropped) => {
+                let Some(pending) = self.pending.take() else {
+                    return;
+                };
+                // The old names and hooks still: a removed sequence's on_close runs.
+                for d in &dropped {
+                    output.emit(self.live.events.removed(d));
+                }
+                log::info!(
+                    "reloaded {}: {} sequence(s); {} authorization(s) of removed sequences dropped",
+                    opts.config.display(),
+                    pending.config.sequences.len(),
+                    dropped.len()
+                );
+                match Events::new(&self.state) {
+                    Ok(events) => self.live.events = events,
+                    Err(e) => log::error!("reload: cannot read the new sequence names: {e:#}"),
+                }
+                self.live.config = pending.config;
+                self.live.verifier = pending.verifier;
+                output.commands.set_hooks(&self.live.config);
+                self.slots = vec![];
+                self.stale = false;
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if pending.reported.as_ref() != Some(&e) {
+                    log::error!(
+                        "reload failed part way: {e}; the kernel stays closed where the old and new \
+                         configs differ, and the reload is retried"
+                    );
+                    pending.reported = Some(e);
+                }
+            }
+        }
+    }
+}
+
 async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     // First: until they are handled, each of these would kill the process (a
     // reload from a service manager during start-up, say).
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Held until exit: one `run` per pin directory.
+    let _lock = RunLock::take(&config.pin_dir, "start run")?;
     // Before anything is loaded: an unreadable replay cache or a taken metrics
     // address stops here.
     let verifier = Verifier::new(&config).context("cannot start Single Packet Authorization")?;
@@ -173,8 +350,9 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     };
     let (mut ebpf, pinned) = attach::load(&config.pin_dir, &config.limits)?;
     let mut state = State::from_ebpf(&mut ebpf)?;
+    let mut carried = Carried::default();
     let dropped = state
-        .apply_keeping(&config)
+        .apply_keeping(&config, &mut carried)
         .context("cannot write the configuration into the maps")?;
     if let Pinned::Adoptable { created_by } = &pinned {
         log::info!(
@@ -188,10 +366,14 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     let mut ring = watch(&mut ebpf, map_names::EVENTS)?;
     let mut spa_ring = watch(&mut ebpf, map_names::SPA_REQUESTS)?;
     forward_kernel_logs(&mut ebpf);
+    let links = LinkEvents::open()
+        .map_err(|e| log::warn!("{e:#}: interfaces are followed by polling only"))
+        .ok();
 
     let xdp = attach::program(&mut ebpf)?;
     attach::pin_program(xdp, &config.pin_dir)?;
-    let mut ifaces = Interfaces::attach(xdp, &config.pin_dir, config.xdp_mode, &config.interfaces)?;
+    let mut ifaces = Interfaces::attach(xdp, &config.pin_dir, config.xdp_mode, &config.interfaces)
+        .context("the filter stays as it is on the interfaces attached so far (`xknock down` removes it)")?;
 
     let mut output = Output {
         json: opts.json,
@@ -204,96 +386,95 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     for d in &dropped {
         output.emit(events.removed(d));
     }
-    let mut live = Live {
-        config,
-        verifier,
-        events,
+    let mut d = Daemon {
+        state,
+        live: Live {
+            config,
+            verifier,
+            events,
+        },
+        pending: None,
+        carried,
+        spender: Spender::default(),
+        // Empty: the first tick rewrites them, in case a period ended since `apply`.
+        slots: vec![],
+        stale: false,
+        failing: false,
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     let mut follow = tokio::time::interval(FOLLOW_IFACES_EVERY);
-    // Empty: the first tick rewrites them, in case a period ended since `apply`.
-    let mut slots = vec![];
+    // Nothing on this loop may end it but a signal to stop: every failure is logged
+    // and retried, and the filter stays attached whatever happens here.
     loop {
-        let timed = live.config.sequences.iter().any(|s| s.timed.is_some());
+        let timed = d.live.config.sequences.iter().any(|s| s.timed.is_some());
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let opened = output.drain(guard.get_inner_mut(), &mut live.events, &state)?;
-                next_one_time(&mut live.config, &mut state, &opened)?;
-                guard.clear_ready();
-            }
-            guard = spa_ring.readable_mut(), if live.verifier.is_some() => {
-                // Nothing on this path ends the loop: a bad request, a full disk or
-                // a failed write is an event or a log line, and the next request
-                // tries again.
-                let mut guard = match guard {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        log::error!("cannot read the SPA request ring buffer: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // Kernel events first, so that its knocks print before an open.
-                match output.drain(ring.get_mut(), &mut live.events, &state) {
-                    Ok(opened) => {
-                        if let Err(e) = next_one_time(&mut live.config, &mut state, &opened) {
-                            log::error!("{e:#}");
-                        }
-                    }
-                    Err(e) => log::error!("cannot read the kernel's events: {e:#}"),
+            guard = ring.readable_mut() => match guard {
+                Ok(mut guard) => {
+                    let opened = output.drain(guard.get_inner_mut(), &mut d.live.events, &d.state);
+                    d.opened(&opened);
+                    guard.clear_ready();
                 }
-                if let Some(verifier) = live.verifier.as_mut() {
-                    let requests = guard.get_inner_mut();
-                    while let Some(item) = requests.next() {
-                        if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
-                            for line in spa::serve(&request, verifier, &mut state, &mut live.events) {
-                                output.emit(line);
+                Err(e) => {
+                    // Not expected of an open ring; a pause rather than a spin.
+                    log::error!("cannot wait for kernel events: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            guard = spa_ring.readable_mut(), if d.live.verifier.is_some() => match guard {
+                Ok(mut guard) => {
+                    // Kernel events first, so that its knocks print before an open.
+                    let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
+                    d.opened(&opened);
+                    if let Some(verifier) = d.live.verifier.as_mut() {
+                        let requests = guard.get_inner_mut();
+                        while let Some(item) = requests.next() {
+                            if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
+                                for line in spa::serve(&request, verifier, &mut d.state, &mut d.live.events) {
+                                    output.emit(line);
+                                }
                             }
                         }
                     }
+                    guard.clear_ready();
                 }
-                guard.clear_ready();
-            }
-            _ = rotate.tick(), if timed => {
-                // Only the time-based sequences' slots change; progress and
-                // authorizations are left alone.
-                let now = SystemTime::now();
-                let next = live.config.kernel_slots(now);
-                if next != slots {
-                    state
-                        .apply_sequences(&live.config, now)
-                        .context("cannot rewrite the time-based sequences")?;
-                    log::debug!("time-based sequences: new knocks or the end of a grace");
-                    slots = next;
+                Err(e) => {
+                    // Not expected of an open ring; a pause rather than a spin.
+                    log::error!("cannot wait for SPA requests: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
+            },
+            _ = rotate.tick(), if timed => d.rewrite(),
             _ = sweep.tick() => {
                 // Kernel events first, so an `open` the kernel just made is not
                 // mistaken for one added by `xknock allow`.
-                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
-                next_one_time(&mut live.config, &mut state, &opened)?;
-                for line in live.events.sweep(&mut state)? {
-                    output.emit(line);
+                let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
+                d.opened(&opened);
+                d.retry();
+                d.finish_reload(&opts, &mut output);
+                match d.live.events.sweep(&mut d.state) {
+                    Ok(lines) => lines.into_iter().for_each(|line| output.emit(line)),
+                    Err(e) => log::error!("cannot sweep the authorizations: {e:#}; retrying"),
                 }
             }
-            _ = follow.tick() => ifaces.sync(attach::program(&mut ebpf)?),
+            changed = async { links.as_ref()?.changed().await.ok() }, if links.is_some() => {
+                if changed.is_some()
+                    && let Ok(xdp) = attach::program(&mut ebpf)
+                {
+                    ifaces.sync(xdp);
+                }
+            }
+            _ = follow.tick() => {
+                if let Ok(xdp) = attach::program(&mut ebpf) {
+                    ifaces.sync(xdp);
+                }
+            }
             _ = sighup.recv() => {
                 // Events so far belong to the old sequence names.
-                let opened = output.drain(ring.get_mut(), &mut live.events, &state)?;
-                next_one_time(&mut live.config, &mut state, &opened)?;
-                let xdp = attach::program(&mut ebpf)?;
-                match reload(&opts, &mut live, &mut state, &mut ifaces, xdp) {
-                    Ok(dropped) => {
-                        // The old hooks still: a removed sequence's on_close runs.
-                        for d in &dropped {
-                            output.emit(live.events.removed(d));
-                        }
-                        output.commands.set_hooks(&live.config);
-                        slots = vec![];
-                    }
-                    Err(e) => log::error!("reload refused, the running config stays in force: {e:#}"),
+                let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
+                d.opened(&opened);
+                if let Ok(xdp) = attach::program(&mut ebpf) {
+                    d.reload(&opts, &mut output, &mut ifaces, xdp);
                 }
             }
             _ = sigint.recv() => break,
@@ -306,29 +487,22 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             "exiting with the filter attached to {}: knocks keep working; the next `run` adopts \
              it, `xknock down --pin-dir {}` removes it",
             ifaces.attached().join(", "),
-            live.config.pin_dir.display()
+            d.live.config.pin_dir.display()
         );
     } else {
         log::info!(
             "detaching; the maps stay pinned in {}",
-            live.config.pin_dir.display()
+            d.live.config.pin_dir.display()
         );
         ifaces.detach(attach::program(&mut ebpf)?);
     }
     Ok(())
 }
 
-/// Re-reads the config file and, if all of it is valid, puts it in force: sequences
-/// (authorizations follow their sequence by name; those of removed sequences are
-/// returned), lists, SPA clients, interfaces. Refused whole otherwise.
-fn reload(
-    opts: &RunOptions,
-    live: &mut Live,
-    state: &mut State,
-    ifaces: &mut Interfaces,
-    xdp: &mut aya::programs::Xdp,
-) -> Result<Vec<Dropped>> {
-    let config = opts
+/// Re-reads the config file and checks all of it, before anything is written: the
+/// new config (with spent one-time lines skipped) and its SPA verifier.
+fn prepare(opts: &RunOptions, live: &Live, spender: &Spender) -> Result<(Config, Option<Verifier>)> {
+    let mut config = opts
         .load()
         .with_context(|| format!("cannot reload {}", opts.config.display()))?;
     if config.pin_dir != live.config.pin_dir {
@@ -344,6 +518,7 @@ fn reload(
              stop `run`, `xknock down`, which loses authorizations and progress, and start again)"
         );
     }
+    spender.adjust(&mut config)?;
     // The nonces in memory carry over (to a new replay_file too), each for the
     // longest window in force since it was seen.
     let verifier = match Verifier::renewed(&config, live.verifier.as_ref())
@@ -351,71 +526,13 @@ fn reload(
     {
         Some((verifier, saved)) => {
             if let Err(e) = saved {
-                log::error!(
-                    "reload: {e:#}; SPA requests are refused until the replay file can be written"
-                );
+                log::error!("reload: {e:#}; SPA requests are refused until the replay file can be written");
             }
             Some(verifier)
         }
         None => None,
     };
-    let dropped = state
-        .apply_keeping(&config)
-        .context("cannot write the new configuration into the maps")?;
-    if let Err(e) = ifaces.set(xdp, &config.interfaces) {
-        log::error!("reload: {e:#}");
-    }
-    log::info!(
-        "reloaded {}: {} sequence(s); {} authorization(s) of removed sequences dropped",
-        opts.config.display(),
-        config.sequences.len(),
-        dropped.len()
-    );
-    live.events = Events::new(state)?;
-    live.config = config;
-    live.verifier = verifier;
-    Ok(dropped)
-}
-
-/// For each one-time sequence among `opened`: marks its line used in its file and
-/// loads the next (or none, once all are used) into the kernel.
-fn next_one_time(config: &mut Config, state: &mut State, opened: &[u8]) -> Result<()> {
-    let mut changed = false;
-    for seq in opened {
-        let Some(s) = config.sequences.get_mut(usize::from(*seq)) else {
-            continue;
-        };
-        let Some(path) = s.one_time.clone() else { continue };
-        // The line in use now: the one that opened (nothing else moves it).
-        if let Some((line, _)) = onetime::current(&path)? {
-            onetime::mark_used(&path, line)?;
-        }
-        s.knocks = match onetime::current(&path)? {
-            Some((line, knocks)) => {
-                log::info!(
-                    "{}: one-time sequence used; line {line} of {} is next",
-                    s.name,
-                    path.display()
-                );
-                knocks
-            }
-            None => {
-                log::warn!(
-                    "{}: every one-time sequence in {} is used: add more",
-                    s.name,
-                    path.display()
-                );
-                vec![]
-            }
-        };
-        changed = true;
-    }
-    if changed {
-        state
-            .apply_sequences(config, SystemTime::now())
-            .context("cannot load the next one-time sequence")?;
-    }
-    Ok(())
+    Ok((config, verifier))
 }
 
 /// Forwards the program's aya-log lines to env_logger (stderr).

@@ -43,8 +43,22 @@ pub struct InProgress {
 
 #[derive(Serialize)]
 pub struct Banned {
+    /// The address, or for IPv6 the first address of the banned prefix.
     pub source: IpAddr,
+    /// IPv6: the length of the banned prefix (`[ban] ipv6_prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     pub left_ms: u64,
+}
+
+impl Banned {
+    /// `198.18.0.9` or `fd00:1:2:3::/64`.
+    pub fn shown(&self) -> String {
+        match self.prefix_len {
+            Some(len) => format!("{}/{len}", self.source),
+            None => self.source.to_string(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -123,12 +137,20 @@ impl Status {
             })
             .collect();
         authorized.sort_by_key(|a| (a.source, a.sequence.clone()));
+        let ipv6_prefix = match state.settings()?.ban_ipv6_prefix {
+            0 => 128,
+            p => p,
+        };
         let mut banned: Vec<Banned> = state
             .live_bans(now)
             .into_iter()
-            .map(|(addr, until)| Banned {
-                source: unmapped(addr),
-                left_ms: (until - now) / 1_000_000,
+            .map(|(addr, until)| {
+                let source = unmapped(addr);
+                Banned {
+                    source,
+                    prefix_len: source.is_ipv6().then_some(ipv6_prefix),
+                    left_ms: (until - now) / 1_000_000,
+                }
             })
             .collect();
         banned.sort_by_key(|b| b.source);
@@ -192,7 +214,7 @@ impl Status {
         }
         let _ = writeln!(out, "banned: {}", self.banned.len());
         for b in &self.banned {
-            let _ = writeln!(out, "  {:<39} {} left", b.source, ms(b.left_ms));
+            let _ = writeln!(out, "  {:<39} {} left", b.shown(), ms(b.left_ms));
         }
         let _ = writeln!(out, "kept connections: {}", self.kept_connections);
         let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();

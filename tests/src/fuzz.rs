@@ -2,7 +2,8 @@
 //! frames aimed at the configured ports (often the next knock a source needs, so that
 //! sources really get authorized), with VLAN stacks, IPv4 options, IPv6 extension
 //! chains, fragments and odd TCP flags, then a share of them truncated, bit-flipped
-//! or given lying length fields.
+//! or given lying length fields. Ports no sequence uses get their share too: the
+//! public ones, the ephemeral range's edges and random others (what stealth hides).
 
 use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
 use xknock::config::Knock;
@@ -18,6 +19,21 @@ pub const SOURCES: [&str; 8] = [
     "fd00:7::2",
     "fd00:7::3",
     "fd00:7::4",
+];
+
+/// Now and then a source the filter must never track: IPv4-mapped IPv6 (Linux drops
+/// those packets, and so must the filter) and martians (their knocks count for nothing).
+pub const ODD_SOURCES: [&str; 10] = [
+    "::ffff:198.18.7.1",
+    "::ffff:198.18.7.5",
+    "127.0.0.1",
+    "0.0.0.0",
+    "224.0.0.5",
+    "255.255.255.255",
+    "::1",
+    "::",
+    "ff02::1",
+    "::ffff:127.0.0.1",
 ];
 
 const FLAGS: [u8; 10] = [0x02, 0x02, 0x02, 0x12, 0x10, 0x18, 0x01, 0x04, 0x11, 0x03];
@@ -43,9 +59,13 @@ impl Gen {
         *from.choose(&mut self.rng).expect("non-empty")
     }
 
-    /// One frame from one of `SOURCES`.
+    /// One frame from one of `SOURCES` (or, rarely, `ODD_SOURCES`).
     pub fn frame(&mut self, model: &Model, now: u64) -> Vec<u8> {
-        let src = self.pick(&SOURCES);
+        let src = if self.chance(0.03) {
+            self.pick(&ODD_SOURCES)
+        } else {
+            self.pick(&SOURCES)
+        };
         let mapped = crate::mapped(src);
         let seqs = model.sequences();
         let seq = &seqs[self.rng.random_range(0..seqs.len())];
@@ -53,10 +73,29 @@ impl Gen {
             0..40 => model.next_knock(mapped, self.rng.random_range(0..seqs.len()), now),
             40..55 => self.pick(&seq.knocks),
             55..80 => self.pick(&seq.protect),
-            80..90 => Knock {
-                port: self.pick(&[80, 53, 443]),
-                proto: self.pick(&[6, 17]),
+            // Ports no sequence uses: the public ones (with stealth), a few others.
+            80..86 => match model.public() {
+                Some(public) if self.chance(0.5) => self.pick(public),
+                _ => Knock {
+                    port: self.pick(&[80, 53, 443, 1, 65535]),
+                    proto: self.pick(&[6, 17]),
+                },
             },
+            // The ephemeral range stealth leaves UDP open in, at and past its edges.
+            86..90 => {
+                let (low, high) = model.ephemeral().unwrap_or(crate::model::ephemeral_range());
+                let port = match self.rng.random_range(0..6) {
+                    0 => low.saturating_sub(1),
+                    1 => low,
+                    2 => high,
+                    3 => high.saturating_add(1),
+                    _ => self.rng.random_range(low..=high),
+                };
+                Knock {
+                    port,
+                    proto: self.pick(&[6, 17, 17]),
+                }
+            }
             _ => Knock {
                 port: self.rng.random(),
                 proto: self.pick(&[6, 17, 1, 58, 132]),

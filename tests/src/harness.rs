@@ -177,9 +177,7 @@ impl Harness {
     }
 
     pub fn banned(&self, src: &str) -> bool {
-        let key = knock_common::SourceAddr {
-            addr: crate::mapped(src),
-        };
+        let key = self.state.ban_key(src.parse().expect("addr")).expect("settings");
         let now = self.state.now_ns().expect("clock");
         self.state.bans.get(&key, 0).is_ok_and(|b| b.until_ns > now)
     }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
-use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use xknock::config::{BanPolicy, Config, Knock, Sequence};
 
 pub const PASS: u32 = 2;
@@ -23,6 +23,9 @@ pub enum Parsed {
     OffsetOneFragment,
     /// Headers that could not be followed safely.
     Unparsed,
+    /// IPv6 from an IPv4-mapped source: Linux never delivers it, so neither does the
+    /// filter, whatever it carries.
+    MappedSource,
     Transport {
         src: [u8; 16],
         sport: u16,
@@ -74,6 +77,9 @@ fn parse_checked(f: &[u8]) -> Option<Parsed> {
                 return None;
             }
             let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            if std::net::Ipv6Addr::from(src).to_ipv4_mapped().is_some() {
+                return Some(Parsed::MappedSource);
+            }
             let mut remaining = usize::from(be16(ip, 4)?);
             let mut next = ip[6];
             off += 40;
@@ -171,6 +177,30 @@ struct FlowKey {
     proto: u8,
 }
 
+/// Bans of IPv6 sources are their prefix's: the address cut to `prefix` bits; IPv4
+/// sources are banned one by one.
+fn ban_key(src: [u8; 16], prefix: u8) -> [u8; 16] {
+    let a = std::net::Ipv6Addr::from(src);
+    if a.to_ipv4_mapped().is_some() {
+        return src;
+    }
+    let net = ipnet::Ipv6Net::new(a, prefix)
+        .expect("a prefix from 1 to 128")
+        .trunc();
+    net.network().octets()
+}
+
+/// Loopback, unspecified, multicast and broadcast sources: no peer knocks from
+/// there, so their knocks never count.
+pub fn martian(src: [u8; 16]) -> bool {
+    match std::net::Ipv6Addr::from(src).to_canonical() {
+        std::net::IpAddr::V4(a) => {
+            a.octets()[0] == 0 || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+        }
+        std::net::IpAddr::V6(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+    }
+}
+
 /// The model's state: the same three tables as the kernel's maps.
 pub struct Model {
     seqs: Vec<Sequence>,
@@ -185,11 +215,31 @@ pub struct Model {
     deny: Vec<IpNet>,
     bans: HashMap<[u8; 16], BanRecord>,
     flows: HashMap<FlowKey, (u64, u64)>,
+    /// With `stealth = true`: the `public` ports and the local ephemeral range (as
+    /// /proc/sys/net/ipv4/ip_local_port_range says when the model is made).
+    stealth: Option<(Vec<Knock>, (u16, u16))>,
+    /// SYNs and datagrams stealth dropped so far.
+    pub stealth_drops: u64,
+}
+
+/// The local ephemeral port range, read as the loader reads it when it applies a
+/// config (Linux's default when it cannot be read).
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut w = t.split_whitespace().map(str::parse::<u16>);
+            let (low, high) = (w.next()?.ok()?, w.next()?.ok()?);
+            (low <= high).then_some((low, high))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 const NS: u128 = 1_000_000_000;
 /// The kernel refreshes a kept connection's last-seen time at most once a second.
 const FLOW_REFRESH_NS: u64 = NS as u64;
+/// After a FIN from its source, a kept connection lives 5 s past its latest packet.
+const FLOW_LINGER_NS: u64 = 5 * NS as u64;
 
 fn ns(d: std::time::Duration) -> u64 {
     d.as_nanos() as u64
@@ -208,6 +258,40 @@ impl Model {
             deny: config.deny.clone(),
             bans: HashMap::new(),
             flows: HashMap::new(),
+            stealth: config
+                .stealth
+                .as_ref()
+                .map(|s| (s.public.clone(), ephemeral_range())),
+            stealth_drops: 0,
+        }
+    }
+
+    /// The `public` ports, if stealth is on.
+    pub fn public(&self) -> Option<&[Knock]> {
+        self.stealth.as_ref().map(|(p, _)| p.as_slice())
+    }
+
+    /// The ephemeral range stealth leaves UDP open in, if stealth is on.
+    pub fn ephemeral(&self) -> Option<(u16, u16)> {
+        self.stealth.as_ref().map(|(_, r)| *r)
+    }
+
+    /// Whether stealth hides `port` (one no sequence uses): README "Stealth", every
+    /// port but the public ones and, for UDP, the ephemeral range.
+    pub fn hidden(&self, port: Knock) -> bool {
+        self.stealth.as_ref().is_some_and(|(public, (low, high))| {
+            !public.contains(&port) && !(port.proto == PROTO_UDP && (*low..=*high).contains(&port.port))
+        })
+    }
+
+    /// The verdict for a port no sequence uses: a SYN (without ACK) or a datagram
+    /// to a hidden port is dropped, everything else passes.
+    fn unconfigured(&mut self, port: Knock, opens: bool) -> u32 {
+        if opens && self.hidden(port) {
+            self.stealth_drops += 1;
+            DROP
+        } else {
+            PASS
         }
     }
 
@@ -219,7 +303,7 @@ impl Model {
     pub fn verdict(&mut self, frame: &[u8], now: u64) -> u32 {
         match parse(frame) {
             Parsed::Other | Parsed::LaterFragment => PASS,
-            Parsed::OffsetOneFragment | Parsed::Unparsed => DROP,
+            Parsed::OffsetOneFragment | Parsed::Unparsed | Parsed::MappedSource => DROP,
             Parsed::Transport {
                 src,
                 sport,
@@ -285,12 +369,13 @@ impl Model {
                 Some(Access::Deny) if knock_port || protected => return DROP,
                 Some(Access::Allow) if knock_port => return DROP,
                 Some(Access::Allow) if protected => return PASS,
-                Some(_) => return PASS,
+                Some(_) => return self.unconfigured(port, opens),
                 None => {}
             }
         }
         let mut knocked = false;
-        let banned = self.banned(src, now);
+        // A martian source's packets are never knocks that count.
+        let banned = self.banned(src, now) || martian(src);
         for i in 0..self.seqs.len() {
             let s = &self.seqs[i];
             let in_seq = s.knocks.contains(&port);
@@ -306,7 +391,7 @@ impl Model {
             return DROP;
         }
         if !self.seqs.iter().any(|s| s.protect.contains(&port)) {
-            return PASS;
+            return self.unconfigured(port, opens);
         }
         let key = FlowKey {
             src,
@@ -314,22 +399,36 @@ impl Model {
             dport: port.port,
             proto: port.proto,
         };
+        // A ban (possibly made by this very packet) closes the ports even to the
+        // authorized, and ends their kept connections.
+        let banned_now = self.banned(src, now);
+        let (rst, fin) = (flags & TCP_RST != 0, flags & TCP_FIN != 0);
         if !syn && let Some((last, idle)) = self.flows.get_mut(&key) {
             let quiet = now.saturating_sub(*last);
             if quiet <= *idle {
-                if quiet > FLOW_REFRESH_NS {
+                if banned_now {
+                    self.flows.remove(&key);
+                    return DROP;
+                }
+                if rst {
+                    // The connection is over; the RST itself passes.
+                    self.flows.remove(&key);
+                } else if fin && *idle > FLOW_LINGER_NS {
+                    *idle = FLOW_LINGER_NS;
+                    *last = now;
+                } else if quiet > FLOW_REFRESH_NS {
                     *last = now;
                 }
                 return PASS;
             }
         }
-        // A ban (possibly made by this very packet) closes the ports even to the authorized.
-        let banned_now = self.banned(src, now);
         for (i, s) in self.seqs.iter().enumerate() {
             let authorized = self.auth.get(&(src, i as u8)).is_some_and(|e| now < *e);
             if s.protect.contains(&port) && authorized && !banned_now {
-                if s.keep_established {
-                    self.flows.insert(key, (now, ns(s.idle_timeout)));
+                if s.keep_established && !rst {
+                    let idle = ns(s.idle_timeout);
+                    self.flows
+                        .insert(key, (now, if fin { idle.min(FLOW_LINGER_NS) } else { idle }));
                 }
                 return PASS;
             }
@@ -400,7 +499,7 @@ impl Model {
         if policy.failures == 0 {
             return;
         }
-        let b = self.bans.entry(src).or_default();
+        let b = self.bans.entry(ban_key(src, policy.ipv6_prefix)).or_default();
         if now.saturating_sub(b.window_start) > ns(policy.window) {
             b.window_start = now;
             b.failures = 0;
@@ -424,7 +523,11 @@ impl Model {
     }
 
     pub fn banned(&self, src: [u8; 16], now: u64) -> bool {
-        self.ban.failures != 0 && self.bans.get(&src).is_some_and(|b| now < b.until)
+        self.ban.failures != 0
+            && self
+                .bans
+                .get(&ban_key(src, self.ban.ipv6_prefix))
+                .is_some_and(|b| now < b.until)
     }
 
     /// The next knock `src` must send to advance sequence `i` (for the fuzzer).

@@ -3,18 +3,52 @@
 
 use std::{
     fs,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
     process::Stdio,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use crate::{
     BpfFs,
-    netns::{Hosts, ssh_banner},
+    netns::{Hosts, in_netns, ssh_banner},
     unique, xknock_bin,
 };
+
+/// Connection attempts from a client to a port on the server, on four threads, all
+/// the time until `finish`: what a second host probing the protected port sees.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    /// Attempts, and those answered (connected, or refused by a reset: either way
+    /// the SYN got through the filter).
+    counts: Arc<[AtomicU32; 2]>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    /// Stops the probe; returns (attempts, answered).
+    pub fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("prober");
+        }
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the probe and asserts it ran and nothing answered it.
+    pub fn assert_never_answered(self, what: &str) {
+        let (tried, answered) = self.finish();
+        assert!(tried >= 8, "{what}: the probe ran ({tried} attempts)");
+        assert_eq!(answered, 0, "{what}: {answered} of {tried} probes were answered");
+    }
+}
 
 /// The machine has two cores: one end-to-end test at a time keeps timing honest.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -29,6 +63,8 @@ pub struct Setup {
     pub events: PathBuf,
     /// More arguments for every `xknock run` (say, `--metrics`).
     pub run_args: Vec<String>,
+    /// Environment for the next `xknock run`s (say, `XKNOCK_FAULTS=...`).
+    pub run_env: Vec<String>,
 }
 
 impl Default for Setup {
@@ -67,6 +103,7 @@ impl Setup {
             dir,
             events,
             run_args: run_args.iter().map(ToString::to_string).collect(),
+            run_env: vec![],
         };
         setup.start_run("events.jsonl");
         setup.wait_attached();
@@ -81,7 +118,11 @@ impl Setup {
         let out = fs::File::create(&self.events).expect("events file");
         let log = fs::File::create(self.log_path()).expect("log file");
         let (bin, config, pin_dir) = (xknock_bin(), self.dir.join("xknock.toml"), self.fs.pin_dir());
-        let mut args = vec![bin.to_str().expect("utf-8"), "run", "--json"];
+        let env = self.run_env.clone();
+        // env(1) execs run: the pid stays the one nsenter was started as.
+        let mut args: Vec<&str> = if env.is_empty() { vec![] } else { vec!["env"] };
+        args.extend(env.iter().map(String::as_str));
+        args.extend([bin.to_str().expect("utf-8"), "run", "--json"]);
         args.extend([
             "--config",
             config.to_str().expect("utf-8"),
@@ -149,7 +190,11 @@ impl Setup {
             if attached {
                 return;
             }
-            assert!(Instant::now() < deadline, "xknock run did not attach within 20s");
+            assert!(
+                Instant::now() < deadline,
+                "xknock run did not attach within 20s; its log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -182,6 +227,58 @@ impl Setup {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `xknock reload`, then waits until `expect` is in run's log `times` times.
+    pub fn reload(&self, times: usize, expect: &str) {
+        let pin = self.fs.pin_dir();
+        let out = self.xknock(
+            &self.hosts.server,
+            &["reload", "--pin-dir", pin.to_str().expect("utf-8")],
+        );
+        assert!(out.contains("asked xknock run"), "{out}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(expect).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {expect:?} in run's log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts probing `addr`:`port` from client `i` (60 s at most).
+    pub fn probe(&self, i: usize, addr: IpAddr, port: u16) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let target = SocketAddr::new(addr, port);
+        let threads = (0..4)
+            .map(|_| {
+                let (ns, stop, counts) = (self.client(i).to_owned(), stop.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    in_netns(&ns, move || {
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            counts[0].fetch_add(1, Ordering::Relaxed);
+                            let answered =
+                                match TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
+                                    Ok(_) => true,
+                                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                                };
+                            if answered {
+                                counts[1].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+            })
+            .collect();
+        Probe {
+            stop,
+            counts,
+            threads,
         }
     }
 

@@ -84,6 +84,7 @@ fn defaults_and_kernel_tables() {
         (5, 60, 600),
         "bans on by default"
     );
+    assert_eq!(c.ban.ipv6_prefix, 64, "IPv6 bans by /64 by default");
     let ignore = parse(&format!("{SEQ}wrong_knock = \"ignore\"\n[ban]\nfailures = 0\n")).expect("valid");
     assert!(ignore.sequences[0].ignore_wrong);
     assert_eq!(ignore.ban.failures, 0);
@@ -242,6 +243,14 @@ fn refusals_name_the_file_line_and_key() {
         ),
         (format!("{SEQ}[ban]\nfailures = -1\n"), ":6: invalid value"),
         (
+            format!("{SEQ}[ban]\nipv6_prefix = 0\n"),
+            ":6: ban.ipv6_prefix: 0 is not a prefix length from 1 to 128",
+        ),
+        (
+            format!("{SEQ}[ban]\nfailures = 3\nipv6_prefix = 129\n"),
+            ":7: ban.ipv6_prefix: 129 is not a prefix length from 1 to 128",
+        ),
+        (
             format!("{SEQ}[ban]\nretries = 3\n"),
             ":6: unknown field `retries`",
         ),
@@ -265,4 +274,56 @@ fn refusals_name_the_file_line_and_key() {
         })
         .collect();
     assert!(refused(&nine).contains("at most 8 sequences"));
+}
+
+#[test]
+fn an_ipv6_prefix_covering_the_ipv4_mapped_range_is_refused() {
+    for (list, line, key) in [
+        ("deny = [\"::/0\"]", 1, "deny"),
+        ("allow = [\"::/1\"]", 1, "allow"),
+        ("deny = [\"::/80\"]", 1, "deny"),
+        ("deny = [\"::ffff:0:0/96\"]", 1, "deny"),
+        ("allow = [\n  \"fd00::/8\",\n  \"::/64\",\n]", 3, "allow"),
+        (
+            "allow = [\"fd00::/8\"]\ndeny = [\"198.18.0.1\", \"0:0:0:0:0:ffff::/95\"]",
+            2,
+            "deny",
+        ),
+    ] {
+        let err = refused(&format!("{list}\n{SEQ}"));
+        let want = format!("/etc/xknock/test.toml:{line}: {key}: ");
+        assert!(err.starts_with(&want), "{list}: wanted {want:?} in {err}");
+        assert!(err.contains("covers ::ffff:0:0/96"), "{err}");
+        assert!(err.contains("every IPv4 source"), "{err}");
+    }
+    // Prefixes that leave the mapped range out, and IPv4 prefixes of any length, pass.
+    let c = parse(&format!(
+        "allow = [\"2000::/3\", \"fc00::/7\", \"::ffff:198.18.0.0/112\", \"0.0.0.0/0\"]\n\
+         deny = [\"8000::/1\", \"::/97\", \"fd00::/8\", \"198.18.0.0/15\"]\n{SEQ}"
+    ))
+    .expect("valid");
+    assert_eq!(c.allow.len(), 4);
+    assert_eq!(c.deny.len(), 4);
+}
+
+#[test]
+fn a_public_port_that_is_also_a_knock_protected_or_spa_port_is_refused() {
+    for (public, want) in [
+        ("\"7000/tcp\"", "7000/tcp is a knock of sequence \"ssh\""),
+        (
+            "\"80/tcp\", \"22/tcp\"",
+            "22/tcp is protected of sequence \"ssh\"",
+        ),
+        ("\"http\"", "\"http\" is not PORT/tcp"),
+    ] {
+        let err = refused(&format!("stealth = true\npublic = [{public}]\n{SEQ}"));
+        assert!(err.contains(":2: public: "), "{err}");
+        assert!(err.contains(want), "{public}: {err}");
+    }
+    let c = parse(&format!(
+        "stealth = true\npublic = [\"80/tcp\", \"53/udp\"]\n{SEQ}"
+    ))
+    .expect("valid");
+    assert_eq!(c.stealth.expect("on").public.len(), 2);
+    assert!(parse(SEQ).expect("valid").stealth.is_none(), "off by default");
 }

@@ -4,11 +4,16 @@
 //! no frame to a protected port from a source that is neither authorized nor on a
 //! kept connection ever gets XDP_PASS.
 //!
-//! XKNOCK_FUZZ_FRAMES (default 1,000,000) and XKNOCK_FUZZ_SEED set the run;
-//! `scripts/fuzz.sh` runs a long one.
+//! The run is split in two: half the frames against CONFIG, half against the same
+//! config with `stealth = true` (STEALTH), where SYNs and datagrams to hidden ports
+//! must be dropped too.
+//!
+//! XKNOCK_FUZZ_FRAMES (default 1,000,000, both halves together) and XKNOCK_FUZZ_SEED
+//! set the run; `scripts/fuzz.sh` runs a long one.
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
+use knock_common::Counter;
 use xknock::config::{Config, Knock};
 use xknock_tests::{
     fuzz::Gen,
@@ -55,6 +60,16 @@ failures = 6
 window = "10s"
 ban_for = "20s"
 "#;
+
+/// Top-level keys put before CONFIG: stealth on, with public ports of both protocols.
+const STEALTH: &str = r#"
+stealth = true
+public = ["80/tcp", "53/udp", "443/tcp"]
+"#;
+
+fn stealth_config() -> String {
+    format!("{STEALTH}{CONFIG}")
+}
 
 /// Frames that once exposed a disagreement, replayed in order on a fresh program:
 /// (hex, verdict). No disagreement between the program and the model has been found
@@ -149,8 +164,16 @@ fn regression_frames_keep_their_verdicts() {
 fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
     let frames = env_u64("XKNOCK_FUZZ_FRAMES", 1_000_000);
     let seed = env_u64("XKNOCK_FUZZ_SEED", 0x6b6e6f636b);
-    let config = Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config");
-    let mut h = Harness::with_config(CONFIG);
+    fuzz(CONFIG, frames - frames / 2, seed, false);
+    // Another seed for the second half, derived from the first.
+    fuzz(&stealth_config(), frames / 2, seed ^ 0x5354_4541_4c54, true);
+}
+
+fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
+    let mode = if stealth { "stealth" } else { "plain" };
+    let config = Config::parse(Path::new("fuzz.toml"), toml).expect("fuzz config");
+    assert_eq!(config.stealth.is_some(), stealth);
+    let mut h = Harness::with_config(toml);
     let mut model = Model::new(&config);
     let mut frames_gen = Gen::new(seed);
     let mut passed = 0u64;
@@ -160,8 +183,8 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
         }
         let now = h.now_ns();
         let frame = frames_gen.frame(&model, now);
-        // The invariant, judged before the frame changes anything.
-        let must_drop = match parse(&frame) {
+        // The invariants, judged before the frame changes anything.
+        let (must_drop, hidden) = match parse(&frame) {
             Parsed::Transport {
                 src,
                 sport,
@@ -173,7 +196,10 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
                 let protected = config.sequences.iter().any(|s| s.protect.contains(&port));
                 let knock_port = config.sequences.iter().any(|s| s.knocks.contains(&port));
                 let new_conn = proto == 6 && flags & 0x12 == 0x02;
-                match model.access(src) {
+                // Stealth: a SYN or datagram to a port no sequence uses and that is
+                // neither public nor (UDP) ephemeral never passes, whoever sends it.
+                let hidden = !protected && !knock_port && (new_conn || proto == 17) && model.hidden(port);
+                let must_drop = match model.access(src) {
                     Some(Access::Deny) => protected || knock_port,
                     Some(Access::Allow) => false,
                     None => {
@@ -181,16 +207,22 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
                             && !model.authorized_for(src, port, now)
                             && (new_conn || !model.kept(src, sport, port, now))
                     }
-                }
+                };
+                (must_drop, hidden)
             }
-            _ => false,
+            _ => (false, false),
         };
         let want = model.verdict(&frame, now);
         let got = h.run(&frame);
-        let context = || format!("frame {i} of seed {seed:#x} at t={now}ns: {}", hex(&frame));
+        let context = || format!("{mode} frame {i} of seed {seed:#x} at t={now}ns: {}", hex(&frame));
         assert!(
             !(must_drop && got == PASS),
             "an unauthorized frame reached a protected port: {}",
+            context()
+        );
+        assert!(
+            !(hidden && got == PASS),
+            "a SYN or datagram reached a port stealth hides: {}",
             context()
         );
         assert_eq!(
@@ -209,12 +241,23 @@ fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
     compare_state(&h, &model, h.now_ns(), &config);
     let opened = model.opens;
     let bans = model.bans_made;
+    let hid = model.stealth_drops;
     println!(
-        "{frames} frames (seed {seed:#x}): {passed} passed, {} dropped, {opened} authorizations, {bans} bans",
+        "{mode}: {frames} frames (seed {seed:#x}): {passed} passed, {} dropped ({hid} by stealth), {opened} authorizations, {bans} bans",
         frames - passed
     );
     assert!(
         opened > 0 && bans > 0 && passed > 0 && frames - passed > 0,
-        "the fuzzer must reach every outcome"
+        "the fuzzer must reach every outcome ({mode})"
+    );
+    assert_eq!(
+        hid > 0,
+        stealth,
+        "stealth must drop something exactly when it is on ({mode})"
+    );
+    assert_eq!(
+        h.counter(Counter::DropStealth),
+        hid,
+        "the kernel's drop_stealth counter and the model's stealth drops differ ({mode})"
     );
 }

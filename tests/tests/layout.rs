@@ -28,7 +28,7 @@ fn fingerprint(text: &str) -> u64 {
 
 /// The layout version and the fingerprint of the types (and the counter slots' and
 /// flags' values) it stands for.
-const RECORDED: (u32, u64) = (2, 0xbc95_7397_a494_5b55);
+const RECORDED: (u32, u64) = (4, 0xfd1d_cf2a_33bd_efae);
 
 #[test]
 fn layout_snapshot() {
@@ -39,7 +39,7 @@ fn layout_snapshot() {
         PortProto { port, proto, _pad }
         PortRule { knock_mask, protect_mask, strict_mask, flags }
         Settings { test_now_ns, ban_window_ns, ban_for_ns, ban_failures, auth_hint_shift,
-            access_rules, _pad, spa_port, _pad2 }
+            access_rules, ban_ipv6_prefix, spa_port, stealth, _pad2 }
         SourceAddr { addr }
         SourceKey { addr, seq, _pad }
         Progress { first_ns, last_ns, step, _pad }
@@ -57,7 +57,7 @@ fn layout_snapshot() {
     // What the values mean counts too: counter slots and array sizes.
     let text = format!(
         "{text}COUNTERS {COUNTERS} MAX_SEQUENCES {MAX_SEQUENCES} PORT_RULE_ENTRIES {PORT_RULE_ENTRIES}\n\
-         counters {:?}\nflags SEQ {SEQ_STRICT} {SEQ_KEEP_ESTABLISHED} {SEQ_IGNORE_WRONG} RULE_SPA {RULE_SPA} \
+         counters {:?}\nflags SEQ {SEQ_STRICT} {SEQ_KEEP_ESTABLISHED} {SEQ_IGNORE_WRONG} RULE_SPA {RULE_SPA} RULE_STEALTH {RULE_STEALTH} \
          ACCESS {ACCESS_ALLOW} {ACCESS_DENY}\n",
         Counter::ALL
     );

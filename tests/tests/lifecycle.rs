@@ -2,52 +2,15 @@
 //! (as an upgrade does), one refused for maps of another layout or size, `down`,
 //! reload, and interfaces that go down, appear late, or are created again.
 
-use std::{
-    fs,
-    net::{SocketAddr, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
-};
+use std::fs;
 
 use aya::maps::{Array, Map, MapData};
 use knock_common::{LAYOUT_VERSION, Meta, map_names};
 use xknock_tests::{
-    netns::{in_netns, ssh_banner, ssh_exchange},
+    netns::{ssh_banner, ssh_exchange},
     setup::{SERIAL, Setup},
     unique, xknock_bin,
 };
-
-/// Connection attempts to sshd from client `i`, on four threads, until the returned
-/// flag is set (or 60 s pass); the counters hold the attempts and those that got
-/// through.
-type Probe = (Arc<AtomicBool>, Arc<[AtomicU32; 2]>, Vec<thread::JoinHandle<()>>);
-
-fn probe(s: &Setup, i: usize) -> Probe {
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
-    let target = SocketAddr::new(s.hosts.server_v4[i], 22);
-    let threads = (0..4)
-        .map(|_| {
-            let (ns, stop, counts) = (s.client(i).to_owned(), stop.clone(), counts.clone());
-            thread::spawn(move || {
-                in_netns(&ns, move || {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        counts[0].fetch_add(1, Ordering::Relaxed);
-                        if TcpStream::connect_timeout(&target, Duration::from_millis(50)).is_ok() {
-                            counts[1].fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-        })
-        .collect();
-    (stop, counts, threads)
-}
 
 fn knock(s: &Setup, i: usize, knocks: &[&str]) {
     let server = s.hosts.server_v4[i].to_string();
@@ -66,7 +29,7 @@ fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
         ssh_banner(s.client(0), s.hosts.server_v4[0], 22).expect("open after the knock");
     let first = s.prog_id(0).expect("attached");
     // Client 1 never knocks: it must not get through at any moment of the restart.
-    let (stop, counts, probers) = probe(&s, 1);
+    let probe = s.probe(1, s.hosts.server_v4[1], 22);
 
     assert!(s.signal_run(libc::SIGTERM).success(), "run exits 0");
     assert!(
@@ -84,16 +47,7 @@ fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
     s.start_run("second.jsonl");
     s.wait_prog_change(0, Some(&first));
     s.wait_log("adopted the state pinned");
-    stop.store(true, Ordering::Relaxed);
-    for p in probers {
-        p.join().expect("prober");
-    }
-    let (tried, through) = (
-        counts[0].load(Ordering::Relaxed),
-        counts[1].load(Ordering::Relaxed),
-    );
-    assert!(tried >= 8, "the probe ran ({tried} attempts)");
-    assert_eq!(through, 0, "none of {tried} connections got through the restart");
+    probe.assert_never_answered("the restart");
     assert!(s.reachable(0, s.hosts.server_v4[0]), "the authorization survived");
     assert!(ssh_exchange(&mut established), "and the connection");
     knock(&s, 1, &["7000", "8000/udp", "9000"]);
@@ -192,23 +146,7 @@ fn reload_moves_authorizations_with_their_sequence_and_refuses_an_invalid_config
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Setup::new();
     let config = s.dir.join("xknock.toml");
-    let pin = s.fs.pin_dir();
-    let reload = |times: usize, expect: &str| {
-        let out = s.xknock(
-            &s.hosts.server,
-            &["reload", "--pin-dir", pin.to_str().expect("utf-8")],
-        );
-        assert!(out.contains("asked xknock run"), "{out}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.log().matches(expect).count() < times {
-            assert!(
-                Instant::now() < deadline,
-                "no {expect:?} in run's log:\n{}",
-                s.log()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let reload = |times: usize, expect: &str| s.reload(times, expect);
     let (c0, c1) = (s.hosts.clients[0].v4, s.hosts.clients[1].v4);
     fs::write(
         &config,

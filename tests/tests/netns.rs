@@ -312,3 +312,71 @@ fn a_brute_forcer_is_banned_and_unban_lifts_it() {
         "knocking works again after unban"
     );
 }
+
+/// A SYN scan (`nmap -sS`) from client 1 of a few ports of the server's address on its
+/// link (`target`), in nmap's
+/// grepable form.
+fn syn_scan(s: &Setup, target: std::net::IpAddr) -> String {
+    let target = target.to_string();
+    let (ok, out) = s.hosts.run_in(
+        s.client(1),
+        &[
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "--max-retries",
+            "1",
+            "--max-rtt-timeout",
+            "300ms",
+            "--host-timeout",
+            "60s",
+            "-p",
+            "21-23,25,80,81,443,7000,8000,9000",
+            "-oG",
+            "-",
+            &target,
+        ],
+    );
+    assert!(ok, "nmap failed: {out}");
+    out
+}
+
+#[test]
+fn stealth_shows_a_syn_scan_one_wall_with_only_the_public_port_open() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Setup::new();
+    let server = s.hosts.server_v4[0];
+    // Something to serve on the public port: the kernel completes handshakes into
+    // the backlog, which is all a SYN scan looks at.
+    let _listener = xknock_tests::netns::in_netns(&s.hosts.server.clone(), || {
+        std::net::TcpListener::bind(("0.0.0.0", 80)).expect("listen on 80")
+    });
+    // Without stealth the scan tells xknock's silent ports from the closed ones.
+    let scanned = s.hosts.server_v4[1];
+    let plain = syn_scan(&s, scanned);
+    assert!(
+        plain.contains("21/closed/"),
+        "unconfigured ports answer RST: {plain}"
+    );
+    assert!(plain.contains("80/open/"), "{plain}");
+
+    let config = s.dir.join("xknock.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stealth = true\npublic = [\"80/tcp\"]\n{text}")).expect("config");
+    s.restart_run("stealth.jsonl");
+    let scan = syn_scan(&s, scanned);
+    assert!(scan.contains("80/open/"), "the public port serves: {scan}");
+    assert!(!scan.contains("/closed/"), "no port answers RST: {scan}");
+    let open = scan.matches("/open/").count();
+    assert_eq!(open, 1, "only the public port is open: {scan}");
+    assert!(s.status()["counters"]["drop_stealth"].as_u64().unwrap_or(0) > 0);
+
+    // Behind the wall, knocking still opens sshd.
+    s.xknock(
+        s.client(0),
+        &["knock", &server.to_string(), "7000", "8000/udp", "9000/tcp"],
+    );
+    s.wait_event("open", s.hosts.clients[0].v4);
+    assert!(s.reachable(0, server), "open after the knock");
+}

@@ -307,7 +307,10 @@ fn a_reload_onto_a_new_replay_file_keeps_refusing_replays() {
     // SAFETY: signalling the run this test started.
     unsafe { libc::kill(s.hosts.last_child_pid() as i32, libc::SIGHUP) };
     s.wait_log("reloaded");
-    assert!(new.exists(), "the nonces were written to the new replay file at once");
+    assert!(
+        new.exists(),
+        "the nonces were written to the new replay file at once"
+    );
 
     std::thread::sleep(Duration::from_millis(1100));
     send(&ns, server, request.clone());
@@ -360,7 +363,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
         let _ = std::fs::remove_dir(&self.0);
     }
 }

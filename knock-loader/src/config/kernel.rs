@@ -6,8 +6,8 @@ use std::{collections::HashMap, time::SystemTime};
 use ipnet::IpNet;
 
 use knock_common::{
-    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_SPA, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED,
-    SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
+    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_SPA, RULE_STEALTH, SEQ_IGNORE_WRONG,
+    SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
 };
 
 use super::{Config, Knock, Sequence, nanos};
@@ -98,8 +98,10 @@ impl Config {
             ban_failures: self.ban.failures,
             ban_window_ns: nanos(self.ban.window),
             ban_for_ns: nanos(self.ban.ban_for),
+            ban_ipv6_prefix: self.ban.ipv6_prefix,
             access_rules: u8::from(!self.allow.is_empty() || !self.deny.is_empty()),
             spa_port: self.spa.as_ref().map_or(0, |s| s.port),
+            stealth: u8::from(self.stealth.is_some()),
             ..base
         }
     }
@@ -129,9 +131,47 @@ impl Config {
             .collect()
     }
 
+    /// What every port-rule entry no sequence or SPA uses holds, given the local
+    /// ephemeral port range (`addr::local_port_range`).
+    pub fn background(&self, ephemeral: (u16, u16)) -> Background {
+        Background {
+            strict_mask: self.strict_mask(),
+            stealth: self.stealth.as_ref().map(|s| {
+                let mut public: Vec<u32> = s.public.iter().map(|k| rule_index(*k)).collect();
+                public.sort_unstable();
+                (public, ephemeral)
+            }),
+        }
+    }
+
     /// The strict sequences' bits (twins included).
     pub fn strict_mask(&self) -> u8 {
         strict_mask(&self.kernel_slots(SystemTime::UNIX_EPOCH))
+    }
+}
+
+/// The rule of every port-rule entry no sequence or SPA uses: the strict mask, and
+/// with stealth RULE_STEALTH on all but the public ports and the UDP ports of the
+/// local ephemeral range (where replies to the host's own queries arrive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Background {
+    pub strict_mask: u8,
+    /// The public ports' rule indexes (sorted) and the ephemeral range.
+    pub stealth: Option<(Vec<u32>, (u16, u16))>,
+}
+
+impl Background {
+    pub fn rule(&self, index: u32) -> PortRule {
+        let hidden = self.stealth.as_ref().is_some_and(|(public, (low, high))| {
+            let udp_port = index.checked_sub(65536);
+            public.binary_search(&index).is_err()
+                && udp_port.is_none_or(|p| p < u32::from(*low) || p > u32::from(*high))
+        });
+        PortRule {
+            strict_mask: self.strict_mask,
+            flags: if hidden { RULE_STEALTH } else { 0 },
+            ..PortRule::default()
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     timed::TimedSecret,
 };
 
-pub use kernel::rule_index;
+pub use kernel::{Background, rule_index};
 pub use parse::parse_tcp_flags;
 
 pub const DEFAULT_CONFIG: &str = "/etc/xknock/xknock.toml";
@@ -141,6 +141,15 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// How `on_open` and `on_close` commands run (`[commands]`).
     pub commands: CommandLimits,
+    /// `stealth = true`: SYNs and datagrams to every port but the configured and the
+    /// `public` ones (and UDP replies to the local ephemeral range) are dropped.
+    pub stealth: Option<Stealth>,
+}
+
+/// Stealth's ports that serve normally (`public`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stealth {
+    pub public: Vec<Knock>,
 }
 
 /// `[commands]`: bounds on the `on_open` and `on_close` commands.
@@ -221,13 +230,17 @@ impl Default for Limits {
 }
 
 /// Brute-force lockout: more than `failures` resets within `window` ban the source
-/// for `ban_for` (its knocks are ignored, the protected ports stay closed to it).
+/// for `ban_for` (its knocks are ignored, the protected ports and its kept connections
+/// are closed to it). IPv6 sources count by their `ipv6_prefix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BanPolicy {
     /// Zero turns bans off.
     pub failures: u32,
     pub window: Duration,
     pub ban_for: Duration,
+    /// An IPv6 source's failures and ban are its prefix's of this length (`[ban]
+    /// ipv6_prefix`, 1..=128); IPv4 sources count one by one.
+    pub ipv6_prefix: u8,
 }
 
 impl Config {

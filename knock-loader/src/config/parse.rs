@@ -16,7 +16,7 @@ use toml::Spanned;
 use crate::timed::TimedSecret;
 
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Timed, XdpMode,
+    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
     commands::{RawCommands, parse_commands, parse_template},
     is_plain_name,
     spa::{RawSpa, parse_spa},
@@ -48,6 +48,9 @@ struct RawConfig {
     deny: Vec<Spanned<String>>,
     spa: Option<Spanned<RawSpa>>,
     commands: Option<RawCommands>,
+    #[serde(default)]
+    stealth: bool,
+    public: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -56,6 +59,7 @@ struct RawBan {
     failures: Option<u32>,
     window: Option<Spanned<String>>,
     ban_for: Option<Spanned<String>>,
+    ipv6_prefix: Option<Spanned<i64>>,
 }
 
 /// What a knock of the sequence out of order does.
@@ -106,6 +110,8 @@ const MAX_MAP_ENTRIES: u32 = 1 << 24;
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_BAN_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_BAN_FOR: Duration = Duration::from_secs(600);
+/// IPv6 sources are banned by their /64: one network, one identity.
+const DEFAULT_BAN_IPV6_PREFIX: u8 = 64;
 /// Where errors point: the file and its text, to turn byte offsets into lines.
 pub(super) struct Source<'a> {
     pub(super) path: &'a Path,
@@ -196,6 +202,19 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         failures: raw.ban.failures.unwrap_or(DEFAULT_BAN_FAILURES),
         window: src.duration(&raw.ban.window, "ban.window", DEFAULT_BAN_WINDOW)?,
         ban_for: src.duration(&raw.ban.ban_for, "ban.ban_for", DEFAULT_BAN_FOR)?,
+        ipv6_prefix: match &raw.ban.ipv6_prefix {
+            None => DEFAULT_BAN_IPV6_PREFIX,
+            Some(p) => u8::try_from(*p.get_ref())
+                .ok()
+                .filter(|n| (1..=128).contains(n))
+                .ok_or_else(|| {
+                    src.at(
+                        p,
+                        "ban.ipv6_prefix",
+                        format!("{} is not a prefix length from 1 to 128", p.get_ref()),
+                    )
+                })?,
+        },
     };
     let spa = raw
         .spa
@@ -218,6 +237,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
             ));
         }
     }
+    let stealth = parse_stealth(&src, raw.stealth, raw.public.as_ref(), &sequences, spa.as_ref())?;
     let commands = parse_commands(&src, raw.commands.as_ref())?;
     let interfaces = match raw.interface {
         None => vec![],
@@ -235,7 +255,43 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         limits,
         spa,
         commands,
+        stealth,
     })
+}
+
+/// `stealth` and `public`: the ports that serve normally while stealth hides the rest.
+/// A public port may not be a knock, protected or SPA port: those keep their rules.
+fn parse_stealth(
+    src: &Source,
+    stealth: bool,
+    public: Option<&Spanned<Vec<Spanned<String>>>>,
+    seqs: &[Sequence],
+    spa: Option<&super::SpaConfig>,
+) -> Result<Option<Stealth>> {
+    let mut ports = vec![];
+    for s in public.map(|p| p.get_ref().as_slice()).unwrap_or_default() {
+        let k: Knock = s.get_ref().parse().map_err(|e| src.at(s, "public", e))?;
+        let used = seqs.iter().find_map(|q| {
+            let what = if q.knocks.contains(&k) || q.timed.as_ref().is_some_and(|t| t.covers(k)) {
+                "a knock"
+            } else if q.protect.contains(&k) {
+                "protected"
+            } else {
+                return None;
+            };
+            Some(format!("{k} is {what} of sequence {:?}", q.name))
+        });
+        let spa_port = spa.is_some_and(|c| k.proto == knock_common::PROTO_UDP && k.port == c.port);
+        if let Some(why) = used.or_else(|| spa_port.then(|| format!("{k} is the SPA port"))) {
+            return Err(src.at(
+                s,
+                "public",
+                format!("{why}: it keeps its own rules, it cannot be public"),
+            ));
+        }
+        ports.push(k);
+    }
+    Ok(stealth.then_some(Stealth { public: ports }))
 }
 
 fn parse_ports(
@@ -417,6 +473,19 @@ fn parse_access(
                             format!("{text:?} is not an address or prefix like 10.0.0.0/8 or fd00::/8"),
                         )
                     })?;
+                if let IpNet::V6(v6) = net
+                    && covers_ipv4_mapped(&v6)
+                {
+                    return Err(src.at(
+                        s,
+                        key,
+                        format!(
+                            "{text:?} covers ::ffff:0:0/96, where IPv4 sources are kept, so it would \
+                             match every IPv4 source too: list IPv4 prefixes as IPv4 (0.0.0.0/0 for all) \
+                             and IPv6 ones that leave ::ffff:0:0/96 out (such as 2000::/3 and fc00::/7)"
+                        ),
+                    ));
+                }
                 Ok((net.trunc(), s.span().start))
             })
             .collect()
@@ -441,6 +510,12 @@ fn parse_access(
         allow.into_iter().map(|(n, _)| n).collect(),
         deny.into_iter().map(|(n, _)| n).collect(),
     ))
+}
+
+/// Whether an IPv6 prefix contains all of ::ffff:0:0/96, the IPv4-mapped addresses
+/// the kernel keeps IPv4 sources as (::/0, ::/1, ... ::ffff:0:0/96 itself).
+fn covers_ipv4_mapped(net: &ipnet::Ipv6Net) -> bool {
+    net.prefix_len() <= 96 && net.contains(&std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
 }
 
 /// Checks that need all sequences: unique names, sequences that can be told apart,

@@ -63,7 +63,9 @@ pub enum RecordError {
     Replayed,
     /// The request's timestamp is at or below the floor: its nonce, if it was seen,
     /// has been dropped, so a replay could not be told apart.
-    Forgotten { floor_ms: u64 },
+    Forgotten {
+        floor_ms: u64,
+    },
     Full,
     /// Recorded in memory, but the file could not be written.
     Unsaved(anyhow::Error),

@@ -680,12 +680,23 @@ mod tests {
             .expect("given");
         saved.expect("the new file is written");
         assert!(moved.exists(), "carried over to the new file");
-        assert_eq!(reloaded.verify(SOURCE, &p, t(T0 + 1_000)), Err(Rejection::Replayed));
+        assert_eq!(
+            reloaded.verify(SOURCE, &p, t(T0 + 1_000)),
+            Err(Rejection::Replayed)
+        );
         // Under the longer window the request is not stale a minute on: still a replay.
-        assert_eq!(reloaded.verify(SOURCE, &p, t(T0 + 60_000)), Err(Rejection::Replayed));
+        assert_eq!(
+            reloaded.verify(SOURCE, &p, t(T0 + 60_000)),
+            Err(Rejection::Replayed)
+        );
         // And a restart reading the new file knows it too.
-        let mut restarted = Verifier::new_at(&c, t(T0 + 60_000)).expect("loads").expect("given");
-        assert_eq!(restarted.verify(SOURCE, &p, t(T0 + 60_000)), Err(Rejection::Replayed));
+        let mut restarted = Verifier::new_at(&c, t(T0 + 60_000))
+            .expect("loads")
+            .expect("given");
+        assert_eq!(
+            restarted.verify(SOURCE, &p, t(T0 + 60_000)),
+            Err(Rejection::Replayed)
+        );
     }
 
     #[test]
@@ -703,7 +714,11 @@ mod tests {
         assert_eq!(rig.verifier.replay_entries(), 1);
         // The clock steps back to T0: the first request is timely again.
         let r = rig.verify(SOURCE, &p, T0 + 1);
-        assert_eq!(r.as_ref().err().map(Rejection::reason), Some("replay_forgotten"), "{r:?}");
+        assert_eq!(
+            r.as_ref().err().map(Rejection::reason),
+            Some("replay_forgotten"),
+            "{r:?}"
+        );
     }
 
     #[test]
