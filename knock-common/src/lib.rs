@@ -680,7 +680,10 @@ mod tests {
         let word = |from: u64, n: u64| (0..n).fold(0u64, |w, i| w | ((from + i) << (8 * i)));
         let (k0, k1) = (word(0, 8), word(8, 8));
         assert_eq!(siphash24(k0, k1, &[], 0, 0), 0x726f_db47_dd0e_0e31);
-        assert_eq!(siphash24(k0, k1, &[word(0, 8)], word(8, 7), 15), 0xa129_ca61_49be_45e5);
+        assert_eq!(
+            siphash24(k0, k1, &[word(0, 8)], word(8, 7), 15),
+            0xa129_ca61_49be_45e5
+        );
         let key = SpaCheckKey { k: [k0, k1] };
         assert_eq!(
             spa_check(&key, word(0, 8), word(8, 8), word(16, 8)),

@@ -274,35 +274,24 @@ fn a_process_holding_the_program_is_not_taken_for_run() {
     let pin_dir = s.fs.pin_dir();
     let pin = pin_dir.to_str().expect("utf-8").to_owned();
     let run_pid = s.hosts.last_child_pid();
-    let (ok, out) = s.hosts.run_in(
-        &s.hosts.server,
-        &[
-            xknock_tests::xknock_bin().to_str().expect("utf-8"),
-            "down",
-            "--pin-dir",
-            &pin,
-        ],
-    );
-    assert!(
-        !ok && out.contains(&format!("pid {run_pid}")),
-        "down names run: {out}"
-    );
+    // `xknock COMMAND --pin-dir PIN`, which must fail: its output.
+    let refused = |s: &Setup, command: &str| {
+        let bin = xknock_tests::xknock_bin();
+        let args = [bin.to_str().expect("utf-8"), command, "--pin-dir", &pin];
+        let (ok, out) = s.hosts.run_in(&s.hosts.server, &args);
+        assert!(!ok, "{command} succeeded: {out}");
+        out
+    };
+    let out = refused(&s, "down");
+    assert!(out.contains(&format!("pid {run_pid}")), "down names run: {out}");
     assert!(s.signal_run(libc::SIGTERM).success());
     // This process holds the link (and so the program), as bpftool would.
     let link = aya::programs::links::PinnedLink::from_pin(
         pin_dir.join(format!("link_{}", s.hosts.server_ifaces[0])),
     )
     .expect("open the pinned link");
-    let (ok, out) = s.hosts.run_in(
-        &s.hosts.server,
-        &[
-            xknock_tests::xknock_bin().to_str().expect("utf-8"),
-            "reload",
-            "--pin-dir",
-            &pin,
-        ],
-    );
-    assert!(!ok && out.contains("no xknock run is using"), "{out}");
+    let out = refused(&s, "reload");
+    assert!(out.contains("no xknock run is using"), "{out}");
     s.start_run("second.jsonl");
     s.wait_log("adopted the state pinned");
     drop(link);

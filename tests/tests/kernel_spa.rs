@@ -5,8 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use knock_common::{
-    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN, SPA_MAX_PAYLOAD,
-    SpaKeyId, SpaRefusal, port_rule_index,
+    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN,
+    SPA_MAX_PAYLOAD, SpaKeyId, SpaRefusal, port_rule_index,
 };
 use xknock::{
     config::Config,
@@ -115,7 +115,14 @@ fn what_no_client_could_have_sent_is_refused_in_the_kernel_with_an_event() {
         (payload(KEY_ID, 8), SpaRefusal::Malformed),
         (checked(SPA_HEADER_LEN - 1, 1), SpaRefusal::Malformed),
         (payload(KEY_ID, 60), SpaRefusal::BadCheck),
-        (checked(60, 2)[..].iter().enumerate().map(|(i, b)| if i == 20 { b ^ 1 } else { *b }).collect(), SpaRefusal::BadCheck),
+        (
+            checked(60, 2)[..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == 20 { b ^ 1 } else { *b })
+                .collect(),
+            SpaRefusal::BadCheck,
+        ),
         (vec![], SpaRefusal::Malformed),
         (payload(KEY_ID, SPA_MAX_PAYLOAD + 1), SpaRefusal::Malformed),
     ];
@@ -216,11 +223,7 @@ fn a_spoofed_flood_with_a_clients_address_and_key_id_never_sheds_its_request() {
     assert_eq!(h.counter(Counter::SpaShed), 0);
     let refusals = h.events();
     assert_eq!(refusals.len(), SPA_BUDGET as usize, "4 events a second");
-    assert!(
-        refusals
-            .iter()
-            .all(|e| e.reason == SpaRefusal::BadCheck as u8)
-    );
+    assert!(refusals.iter().all(|e| e.reason == SpaRefusal::BadCheck as u8));
     // The victim's own request, in the same second, is handed over: every time.
     for seed in 0..SPA_BUDGET as u8 {
         h.send(&request(A, &checked(120, seed)));
@@ -321,14 +324,14 @@ fn measure_the_cost_of_each_kind_of_datagram() {
         ("unrelated UDP", Frame::udp(A, 5353).payload(&[0; 120]).build()),
         ("unknown key id", request(A, &payload(*b"mallory!", 120)).build()),
         ("bad check value", request(A, &payload(KEY_ID, 120)).build()),
-        ("good check value, over budget (shed)", request(B, &checked(120, 1)).build()),
+        (
+            "good check value, over budget (shed)",
+            request(B, &checked(120, 1)).build(),
+        ),
     ];
     for _ in 0..3 {
         for (name, bytes) in &kinds {
-            let best = (0..15)
-                .map(|_| h.time(bytes, 200_000))
-                .min()
-                .unwrap_or_default();
+            let best = (0..15).map(|_| h.time(bytes, 200_000)).min().unwrap_or_default();
             println!("{name}: {} ns", best.as_nanos());
         }
     }

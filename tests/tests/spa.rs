@@ -516,7 +516,12 @@ fn a_spoofed_flood_under_the_victims_address_and_key_id_does_not_keep_it_out() {
         tries += 1;
         s.xknock(
             s.client(0),
-            &["spa", &server.to_string(), "--key", key_file.to_str().expect("utf-8")],
+            &[
+                "spa",
+                &server.to_string(),
+                "--key",
+                key_file.to_str().expect("utf-8"),
+            ],
         );
         let deadline = Instant::now() + Duration::from_secs(2);
         while !opened && Instant::now() < deadline {

@@ -100,9 +100,9 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::Malformed => f.write_str("not a well-formed SPA request"),
             Rejection::UnknownKey => f.write_str("no client has this key id"),
-            Rejection::BadCheck => f.write_str(
-                "the nonce's check value is not the client's (sent by someone without the key)",
-            ),
+            Rejection::BadCheck => {
+                f.write_str("the nonce's check value is not the client's (sent by someone without the key)")
+            }
             Rejection::BadTag => f.write_str("authentication failed (another key, or altered on the way)"),
             Rejection::Stale { skew, window } => write!(
                 f,

@@ -926,10 +926,7 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert!(rig.verify(SOURCE, &valid, T0).is_ok());
-        for (name, packet, want) in [
-            ("bad tag", &forged, "bad_tag"),
-            ("replayed", &valid, "replayed"),
-        ] {
+        for (name, packet, want) in [("bad tag", &forged, "bad_tag"), ("replayed", &valid, "replayed")] {
             let n = 200_000;
             let started = std::time::Instant::now();
             for _ in 0..n {
