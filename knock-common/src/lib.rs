@@ -89,6 +89,12 @@ pub struct SequenceConfig {
     pub _pad: [u8; 3],
     /// NUL-padded UTF-8 name; the kernel never reads it.
     pub name: [u8; NAME_LEN],
+    /// Nonzero: the knocks count only before this time (policy clock, ns). A
+    /// time-based sequence's period and grace end here whether or not `run` is up.
+    pub valid_until_ns: u64,
+    /// Nonzero: a one-time line's identity ([`OneTimeId`]). The open that completes
+    /// it records it in XK_SPENT; a line found there never opens again.
+    pub one_time_id: u64,
 }
 
 /// What the kernel needs to know about one (protocol, port): which sequences use it
@@ -282,6 +288,11 @@ pub struct Settings {
     /// whether the whole array must be rewritten when the config changes.
     pub stealth: u8,
     pub _pad2: [u8; 3],
+    /// Credit one per-packet event (knock, reset) costs, per CPU: 1e9 / rate.
+    /// 0: no limit (before the loader has written it); u64::MAX: none pass.
+    pub event_cost_ns: u64,
+    /// Most credit a CPU keeps: burst events' worth.
+    pub event_burst_ns: u64,
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at
@@ -359,8 +370,75 @@ pub struct Progress {
 pub struct Authorization {
     /// New connections pass until this time (kernel clock, ns).
     pub expires_ns: u64,
-    /// When it was granted.
+    /// When it was granted (or last renewed): with the key, what tells one open
+    /// from another.
     pub opened_ns: u64,
+    /// How it came about: an [`Origin`].
+    pub origin: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Authorization {
+    pub const fn new(opened_ns: u64, expires_ns: u64, origin: Origin) -> Self {
+        Authorization {
+            expires_ns,
+            opened_ns,
+            origin: origin as u8,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// What granted an authorization (`Authorization::origin`), so that `run` labels an
+/// open it learns of from the map alone as the one it was.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A completed knock sequence (the kernel).
+    Knock = 1,
+    /// A verified SPA request (`run`).
+    Spa = 2,
+    /// `xknock allow`.
+    Allow = 3,
+    /// Another host of the fleet.
+    Fleet = 4,
+}
+
+impl Origin {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Knock,
+            2 => Self::Spa,
+            3 => Self::Allow,
+            4 => Self::Fleet,
+            _ => return None,
+        })
+    }
+}
+
+/// A one-time line as the kernel knows it: the key of XK_SPENT, a hash of the file
+/// and the line's knocks (never 0), made by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct OneTimeId {
+    pub id: u64,
+}
+
+/// Entries of XK_SPENT: lines spent and not yet replaced by `run`. When it is full,
+/// a completed one-time sequence does not open (fail closed).
+pub const SPENT_ENTRIES: u32 = 1024;
+
+/// One CPU's allowance of per-packet events (knock, reset): a token bucket counted
+/// in nanoseconds of credit (entry 0 of the per-CPU XK_EVENT_BUDGET). Written by the
+/// kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EventBudget {
+    /// Credit: an event costs `Settings::event_cost_ns`; at most
+    /// `Settings::event_burst_ns` is kept.
+    pub credit_ns: u64,
+    /// When the credit was last topped up.
+    pub last_ns: u64,
 }
 
 /// A connection to a protected port opened while its source was authorized.
@@ -394,7 +472,7 @@ pub enum EventKind {
     Open = 3,
     /// An authorization ended (sent by userspace, never by the kernel).
     Close = 4,
-    /// A completed sequence could not be authorized: the authorization map is full.
+    /// A completed sequence could not be authorized; `reason` is an [`OpenFailure`].
     OpenFailed = 5,
     /// The source failed too often and is banned (`reason` holds nothing).
     Ban = 6,
@@ -432,6 +510,16 @@ pub enum ResetReason {
     Timeout = 2,
     /// Another SYN or datagram while the sequence is strict.
     Strict = 3,
+}
+
+/// Why a completed sequence did not open (`Event::reason` of `OpenFailed`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The authorization map is full.
+    MapFull = 0,
+    /// A one-time line that was used already (or XK_SPENT is full).
+    Spent = 1,
 }
 
 /// Why the kernel refused a datagram to the SPA port (`Event::reason`).
@@ -511,9 +599,15 @@ pub enum Counter {
     DropMapped = 17,
     /// A TCP SYN or UDP datagram to a port stealth hides (not public, not configured).
     DropStealth = 18,
+    /// Knock events not made: over the per-CPU event budget (`[events]`).
+    SuppressedKnock = 19,
+    /// Reset events not made, likewise.
+    SuppressedReset = 20,
+    /// Completed one-time sequences refused: the line was used (a replay).
+    OneTimeSpent = 21,
 }
 
-pub const COUNTERS: u32 = 19;
+pub const COUNTERS: u32 = 22;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -536,6 +630,9 @@ impl Counter {
         Counter::SpaLost,
         Counter::DropMapped,
         Counter::DropStealth,
+        Counter::SuppressedKnock,
+        Counter::SuppressedReset,
+        Counter::OneTimeSpent,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -559,6 +656,9 @@ impl Counter {
             Counter::SpaLost => "spa_lost",
             Counter::DropMapped => "drop_mapped",
             Counter::DropStealth => "drop_stealth",
+            Counter::SuppressedKnock => "suppressed_knock",
+            Counter::SuppressedReset => "suppressed_reset",
+            Counter::OneTimeSpent => "one_time_spent",
         }
     }
 }
@@ -581,9 +681,12 @@ pub mod map_names {
     pub const SPA_BUDGETS: &str = "XK_SPA_BUDGETS";
     pub const SPA_REQUESTS: &str = "XK_SPA_REQUESTS";
     pub const SPA_CAP: &str = "XK_SPA_CAP";
+    pub const STEP_EVENTS: &str = "XK_STEP_EVENTS";
+    pub const EVENT_BUDGET: &str = "XK_EVENT_BUDGET";
+    pub const SPENT: &str = "XK_SPENT";
 
     /// Every map, in the order a check reports them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 19] = [
         META,
         SEQUENCES,
         PORT_RULES,
@@ -600,13 +703,16 @@ pub mod map_names {
         SPA_BUDGETS,
         SPA_REQUESTS,
         SPA_CAP,
+        STEP_EVENTS,
+        EVENT_BUDGET,
+        SPENT,
     ];
 }
 
 /// The layout of the pinned maps: every key and value type above, their sizes and
 /// meanings. Bump it with any change to them: a `run` adopts pinned maps only of its
 /// own layout (`layout_snapshot` in the tests fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Entry 0 of XK_META: what the pinned maps are. Written by the loader that created
 /// them. Its own layout never changes: it is how the others' are told apart.
@@ -624,14 +730,16 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Meta>() == 32);
     assert!(size_of::<PortProto>() == 4);
-    assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN);
+    assert!(size_of::<SequenceConfig>() == 32 + 4 * (MAX_KNOCKS + MAX_PROTECTED) + 8 + NAME_LEN + 16);
     assert!(size_of::<PortRule>() == 4);
-    assert!(size_of::<Settings>() == 40);
+    assert!(size_of::<Settings>() == 56);
     assert!(size_of::<SourceAddr>() == 16);
     assert!(size_of::<Ban>() == 24);
     assert!(size_of::<SourceKey>() == 20);
     assert!(size_of::<Progress>() == 24);
-    assert!(size_of::<Authorization>() == 16);
+    assert!(size_of::<Authorization>() == 24);
+    assert!(size_of::<OneTimeId>() == 8);
+    assert!(size_of::<EventBudget>() == 16);
     assert!(size_of::<FlowKey>() == 24);
     assert!(size_of::<Flow>() == 16);
     assert!(size_of::<Event>() == 32);
@@ -667,6 +775,8 @@ mod user {
     unsafe impl aya::Pod for SpaCap {}
     unsafe impl aya::Pod for SpaCheckKey {}
     unsafe impl aya::Pod for SpaRequest {}
+    unsafe impl aya::Pod for OneTimeId {}
+    unsafe impl aya::Pod for EventBudget {}
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{bindings::BPF_NOEXIST, cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::warn;
 use knock_common::{
-    Authorization, Ban, Counter, Event, EventKind, MAX_KNOCKS, MAX_SEQUENCES, PROTO_TCP, PortProto, Progress,
-    ResetReason, SEQ_IGNORE_WRONG, SequenceConfig, Settings, SourceAddr, SourceKey, auth_hint_slot,
+    Authorization, Ban, Counter, Event, EventKind, MAX_KNOCKS, MAX_SEQUENCES, OneTimeId, OpenFailure, Origin,
+    PROTO_TCP, PortProto, Progress, ResetReason, SEQ_IGNORE_WRONG, SequenceConfig, Settings, SourceAddr,
+    SourceKey, auth_hint_slot,
 };
 
 use crate::{
-    count, emit, event,
-    maps::{XK_AUTH_HINT, XK_AUTHORIZED, XK_BANS, XK_PROGRESS, XK_SEQUENCES},
+    count, emit, emit_step, event,
+    maps::{XK_AUTH_HINT, XK_AUTHORIZED, XK_BANS, XK_PROGRESS, XK_SEQUENCES, XK_SPENT},
     parse::Packet,
 };
 
@@ -149,6 +150,11 @@ impl Knocker<'_> {
         let Some(config) = XK_SEQUENCES.get(seq as u32) else {
             return;
         };
+        // A time-based slot past its period and grace: closed even while `run`,
+        // which would have rewritten it, is not there.
+        if config.valid_until_ns != 0 && self.now >= config.valid_until_ns {
+            return;
+        }
         let is_knock = knock_mask & bit != 0 && self.flags_match(config);
         if is_knock || strict_mask & bit != 0 {
             self.step(seq, config, is_knock);
@@ -223,7 +229,7 @@ impl Knocker<'_> {
         let mut knock = event(EventKind::Knock, key, self.packet, now);
         knock.step = done;
         knock.of = config.n_knocks;
-        emit(&knock);
+        emit_step(&knock, self.settings, Counter::SuppressedKnock);
         if done < config.n_knocks {
             let progress = Progress {
                 first_ns,
@@ -238,7 +244,7 @@ impl Knocker<'_> {
         }
         let _ = XK_PROGRESS.remove(key);
         let open = event(EventKind::Open, key, self.packet, now);
-        authorize(key, &open, config.open_for_ns, self.settings.auth_hint_shift);
+        authorize(key, &open, config, self.settings.auth_hint_shift);
     }
 
     /// Progress lost: an event, and a failure towards a ban.
@@ -248,11 +254,21 @@ impl Knocker<'_> {
         ev.step = step;
         ev.of = config.n_knocks;
         ev.reason = reason as u8;
-        emit(&ev);
+        emit_step(&ev, self.settings, Counter::SuppressedReset);
         if self.settings.ban_failures != 0 {
             fail(&self.packet.src, self.settings, self.now);
         }
     }
+}
+
+/// Records one-time line `id` as used; false if it was already (or cannot be
+/// recorded: fail closed). The insert is atomic, so of two CPUs completing the same
+/// line at once only one opens. Out of line, like `fail`.
+#[inline(never)]
+fn spend(id: u64, now: u64) -> bool {
+    XK_SPENT
+        .insert(&OneTimeId { id }, &now, BPF_NOEXIST.into())
+        .is_ok()
 }
 
 /// Counts a failure; more than `ban_failures` within `ban_window` bans the source.
@@ -283,17 +299,23 @@ fn fail(src: &[u8; 16], s: &Settings, now: u64) {
     let _ = XK_BANS.insert(&addr, &ban, 0);
 }
 
-/// Authorizes `key` for `open_for_ns` and reports it with `open` (or, if the map is
-/// full, reports that: existing authorizations are kept, this one is refused loudly).
-/// A new authorization is counted in its hint slot before it exists, so the hint is
-/// never below the truth. Out of line, like `fail`.
+/// Authorizes `key` for its sequence's `open_for` and reports it with `open` (or, if
+/// the map is full or the sequence's one-time line was used, reports that: existing
+/// authorizations are kept, this one is refused loudly). A new authorization is
+/// counted in its hint slot before it exists, so the hint is never below the truth.
+/// Out of line, like `fail`.
 #[inline(never)]
-fn authorize(key: &SourceKey, open: &Event, open_for_ns: u64, hint_shift: u32) {
-    let auth = Authorization {
-        expires_ns: open.ts_ns.saturating_add(open_for_ns),
-        opened_ns: open.ts_ns,
-    };
+fn authorize(key: &SourceKey, open: &Event, config: &SequenceConfig, hint_shift: u32) {
     let mut open = *open;
+    if config.one_time_id != 0 && !spend(config.one_time_id, open.ts_ns) {
+        count(Counter::OneTimeSpent);
+        open.kind = EventKind::OpenFailed as u8;
+        open.reason = OpenFailure::Spent as u8;
+        emit(&open);
+        return;
+    }
+    let expires_ns = open.ts_ns.saturating_add(config.open_for_ns);
+    let auth = Authorization::new(open.ts_ns, expires_ns, Origin::Knock);
     if let Some(existing) = XK_AUTHORIZED.get_ptr_mut(key) {
         // A renewal: the entry (and its count) stays. Racing with a revoke, the
         // revoke wins, as it would a moment later.

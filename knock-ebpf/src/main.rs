@@ -15,7 +15,10 @@ mod parse;
 mod spa;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_RB_NO_WAKEUP,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     btf_maps::lpm_trie::Key,
     helpers::bpf_ktime_get_ns,
     macros::xdp,
@@ -27,8 +30,8 @@ use knock_common::{
     auth_hint_slot, port_rule_index,
 };
 use maps::{
-    XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENTS, XK_FLOWS, XK_PORT_RULES, XK_SEQUENCES,
-    XK_SETTINGS,
+    XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENT_BUDGET, XK_EVENTS, XK_FLOWS, XK_PORT_RULES,
+    XK_SEQUENCES, XK_SETTINGS, XK_STEP_EVENTS,
 };
 use parse::{Packet, Parsed, Transport};
 
@@ -297,12 +300,48 @@ pub(crate) fn count(counter: Counter) {
     }
 }
 
+/// A rare event (open, open-failed, ban): always made, and it wakes `run`.
 /// Out of line: a call per event site keeps the verifier's work small.
 #[inline(never)]
 pub(crate) fn emit(event: &Event) {
     if XK_EVENTS.output(event, 0).is_err() {
         count(Counter::EventsLost);
     }
+}
+
+/// A per-packet event (knock, reset): made only within this CPU's budget, else
+/// counted as `suppressed`; it wakes nobody (`run` reads the ring on an interval), so
+/// a flood costs neither a wake-up nor a line per packet.
+#[inline(never)]
+pub(crate) fn emit_step(event: &Event, settings: &Settings, suppressed: Counter) {
+    if !within_event_budget(settings, event.ts_ns) {
+        count(suppressed);
+    } else if XK_STEP_EVENTS.output(event, BPF_RB_NO_WAKEUP.into()).is_err() {
+        count(Counter::EventsLost);
+    }
+}
+
+/// Takes one event's cost from this CPU's token bucket, topped up by the time since
+/// its last use (up to the burst).
+#[inline(always)]
+fn within_event_budget(settings: &Settings, now: u64) -> bool {
+    let cost = settings.event_cost_ns;
+    if cost == 0 {
+        return true;
+    }
+    let Some(budget) = XK_EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot; nothing else on this CPU runs while we do.
+    let budget = unsafe { &mut *budget };
+    let credit = budget
+        .credit_ns
+        .saturating_add(now.saturating_sub(budget.last_ns))
+        .min(settings.event_burst_ns);
+    budget.last_ns = now;
+    let within = credit >= cost;
+    budget.credit_ns = if within { credit - cost } else { credit };
+    within
 }
 
 #[inline(always)]

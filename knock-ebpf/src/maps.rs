@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use knock_common::{
-    ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, Flow, FlowKey, MAX_SEQUENCES,
-    Meta, PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SequenceConfig, Settings, SourceAddr, SourceKey,
-    SpaBudget, SpaCap, SpaCheckKey, SpaKeyId, SpaRequest,
+    ACCESS_ENTRIES, AUTH_HINT_MIN_SLOTS, Authorization, Ban, COUNTERS, Event, EventBudget, Flow, FlowKey,
+    MAX_SEQUENCES, Meta, OneTimeId, PORT_RULE_ENTRIES, PortRule, Progress, SPA_KEYS, SPENT_ENTRIES,
+    SequenceConfig, Settings, SourceAddr, SourceKey, SpaBudget, SpaCap, SpaCheckKey, SpaKeyId, SpaRequest,
 };
 
 /// What the pinned maps are (layout version, creator) in entry 0. Written by the
@@ -72,10 +72,26 @@ pub static XK_ACCESS: LpmTrie<[u8; 16], u8, { ACCESS_ENTRIES as usize }> = LpmTr
 #[btf_map(pin_by_name)]
 pub static XK_COUNTERS: PerCpuArray<u64, { COUNTERS as usize }> = PerCpuArray::new();
 
-/// Knock, reset, open, open-failed, ban and SPA-refused events for `xknock run`.
-/// Written by the kernel.
+/// The rare events someone acts on, for `xknock run`: open, open-failed, ban and
+/// SPA-refused. Written by the kernel; each wakes `run` (none is lost to noise: the
+/// per-packet ones go to XK_STEP_EVENTS).
 #[btf_map(pin_by_name)]
 pub static XK_EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+
+/// Per-packet events (knock, reset), within each CPU's budget (XK_EVENT_BUDGET).
+/// Written by the kernel without a wake-up: `run` reads it on a short interval.
+#[btf_map(pin_by_name)]
+pub static XK_STEP_EVENTS: RingBuf<Event, { 64 * 1024 }> = RingBuf::new();
+
+/// Per CPU, the token bucket of per-packet events. Written by the kernel.
+#[btf_map(pin_by_name)]
+pub static XK_EVENT_BUDGET: PerCpuArray<EventBudget, 1> = PerCpuArray::new();
+
+/// One-time lines used, by identity, with when: the open that completes a line adds
+/// it (BPF_NOEXIST, so two CPUs cannot both open it), and a line found here never
+/// opens. Written by the kernel; removed by `run` once the line is replaced.
+#[btf_map(pin_by_name)]
+pub static XK_SPENT: HashMap<OneTimeId, u64, { SPENT_ENTRIES as usize }> = HashMap::new();
 
 /// The configured SPA clients' key ids, each with its check key. Written by the
 /// loader; a request with another key id, or without its client's check value, is

@@ -1,8 +1,11 @@
-//! Events as `run` prints them: one per line, human-readable or JSON. Knock, reset,
-//! open, open-failed, ban and spa_rejected (for what the kernel refused) come from the
-//! kernel's ring buffer; close (and open for an
-//! `xknock allow` from another shell) come from watching the authorization map; open
-//! for an SPA request and spa_rejected from `run`'s verifier.
+//! Events as `run` prints them: one per line, human-readable or JSON. Knock and reset
+//! come from the kernel's per-packet ring (within its budget; the rest is summed up
+//! in a `suppressed` line), open, open-failed, ban and spa_rejected (for what the
+//! kernel refused) from its ring of rare events. Those rings are hints: every open is
+//! also found in the authorization map (which records what made it), so an open the
+//! ring lost is reported all the same, with its real reason; close comes from
+//! watching the map too. Open for an SPA request and spa_rejected come from `run`'s
+//! verifier.
 
 use std::{
     collections::HashMap,
@@ -11,11 +14,15 @@ use std::{
 };
 
 use anyhow::Result;
-use knock_common::{Event, EventKind, PROTO_UDP, ResetReason, SourceAddr, SourceKey, SpaRefusal};
+use knock_common::{
+    Authorization, Event, EventKind, OpenFailure, Origin, PROTO_UDP, ResetReason, SourceAddr, SourceKey,
+    SpaRefusal,
+};
 use serde::Serialize;
 
 use crate::{
     clock,
+    config::nanos,
     maps::{State, sequence_name, unmapped},
     reconcile::Dropped,
     spa::Rejection,
@@ -27,7 +34,7 @@ pub struct EventLine {
     pub ts: String,
     pub event: &'static str,
     pub source: IpAddr,
-    /// Absent for `unban`, which concerns the source as a whole.
+    /// Absent for `ban` and `unban`, which concern the source as a whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequence: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,11 +92,86 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `suppressed`: what the kernel counted instead of reporting since the last one (it
+/// is printed once a second at most, and only when something was).
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Suppressed {
+    pub ts: String,
+    pub event: &'static str,
+    /// Knock and reset events over the per-CPU budget (`[events]`).
+    pub knock: u64,
+    pub reset: u64,
+    /// Events a full ring had no room for.
+    pub lost: u64,
+}
+
+impl Suppressed {
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            return serde_json::to_string(self).unwrap_or_default();
+        }
+        format!(
+            "{} {:<6} knock={} reset={} lost={}",
+            self.ts, self.event, self.knock, self.reset, self.lost
+        )
+    }
+}
+
+/// The kernel's counters behind `suppressed` lines, and the totals last reported.
+#[derive(Default)]
+pub struct Suppression {
+    reported: [u64; 3],
+}
+
+impl Suppression {
+    /// The totals seen at start: only what follows is reported.
+    pub fn new(state: &State) -> Suppression {
+        Suppression {
+            reported: Self::totals(state).unwrap_or_default(),
+        }
+    }
+
+    fn totals(state: &State) -> Result<[u64; 3]> {
+        use knock_common::Counter;
+        Ok([
+            state.counter(Counter::SuppressedKnock)?,
+            state.counter(Counter::SuppressedReset)?,
+            state.counter(Counter::EventsLost)?,
+        ])
+    }
+
+    /// A line for what was suppressed or lost since the last call, if anything was.
+    pub fn line(&mut self, state: &State) -> Option<Suppressed> {
+        let totals = Self::totals(state).ok()?;
+        let [knock, reset, lost] = std::array::from_fn(|i| totals[i].saturating_sub(self.reported[i]));
+        self.reported = totals;
+        (knock | reset | lost != 0).then(|| Suppressed {
+            ts: rfc3339(SystemTime::now()),
+            event: "suppressed",
+            knock,
+            reset,
+            lost,
+        })
+    }
+}
+
+/// What an authorization's origin is called in an `open` line's `reason`.
+fn origin_reason(origin: u8) -> &'static str {
+    match Origin::from_u8(origin) {
+        Some(Origin::Knock) => "knock",
+        Some(Origin::Spa) => "spa",
+        Some(Origin::Allow) => "allow",
+        Some(Origin::Fleet) => "fleet",
+        None => "unknown",
+    }
+}
+
 /// Turns kernel events into lines and watches authorizations for the rest.
 pub struct Events {
     /// Sequence names and open windows by index.
     sequences: HashMap<u8, (String, Duration)>,
-    /// Authorizations announced and not yet closed, with their expiry.
+    /// Authorizations announced and not yet closed, by when they were granted (which
+    /// tells a renewal from the open before it).
     open: HashMap<SourceKey, u64>,
     /// Bans announced and not yet lifted, with their end.
     bans: HashMap<[u8; 16], u64>,
@@ -108,7 +190,7 @@ impl Events {
             .authorized
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, a)| (k, a.expires_ns))
+            .map(|(k, a)| (k, a.opened_ns))
             .collect();
         let now = state.now_ns()?;
         let bans = state.live_bans(now);
@@ -149,11 +231,11 @@ impl Events {
     pub fn spa_open(
         &mut self,
         key: SourceKey,
-        expires_ns: u64,
+        auth: &Authorization,
         open_for: Duration,
         client: &str,
     ) -> EventLine {
-        self.open.insert(key, expires_ns);
+        self.open.insert(key, auth.opened_ns);
         let mut l = self.line(SystemTime::now(), "open", key.addr, key.seq);
         l.reason = Some("spa");
         l.open_for = Some(clock::human(open_for));
@@ -210,28 +292,39 @@ impl Events {
                 });
             }
             EventKind::Open => {
-                line.event = "open";
-                let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
-                line.open_for = Some(clock::human(open_for));
                 let key = SourceKey {
                     addr: ev.addr,
                     seq: ev.seq,
                     _pad: [0; 3],
                 };
-                self.open
-                    .insert(key, ev.ts_ns.saturating_add(crate::config::nanos(open_for)));
+                // Found in the map first (the ring was late): said already.
+                if self.open.get(&key) == Some(&ev.ts_ns) {
+                    return None;
+                }
+                line.event = "open";
+                line.reason = Some("knock");
+                let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
+                line.open_for = Some(clock::human(open_for));
+                self.open.insert(key, ev.ts_ns);
             }
             EventKind::OpenFailed => {
                 line.event = "open_failed";
-                line.reason = Some("authorization map full");
+                line.reason = Some(if ev.reason == OpenFailure::Spent as u8 {
+                    "one-time sequence used"
+                } else {
+                    "authorization map full"
+                });
             }
             EventKind::Ban => {
+                let until = ev.ts_ns.saturating_add(nanos(self.ban_for));
+                // Found in the map first: said already.
+                if self.bans.get(&ev.addr) == Some(&until) {
+                    return None;
+                }
                 line.event = "ban";
+                line.sequence = None;
                 line.open_for = Some(clock::human(self.ban_for));
-                self.bans.insert(
-                    ev.addr,
-                    ev.ts_ns.saturating_add(crate::config::nanos(self.ban_for)),
-                );
+                self.bans.insert(ev.addr, until);
             }
             EventKind::SpaRefused => {
                 let rejection = if ev.reason == SpaRefusal::UnknownKey as u8 {
@@ -252,18 +345,16 @@ impl Events {
     }
 
     /// Removes expired authorizations and reports what changed in the map since the
-    /// last sweep: `close` for expired or revoked ones, `open` for ones added by
-    /// `xknock allow`.
+    /// last sweep: `close` for expired or revoked ones, `open` for new or renewed ones
+    /// not announced yet (by `xknock allow`, or whose ring event was lost), with the
+    /// reason the map records.
     pub fn sweep(&mut self, state: &mut State) -> Result<Vec<EventLine>> {
         let now_ns = state.now_ns()?;
         let now = SystemTime::now();
-        let current: HashMap<SourceKey, u64> = state
-            .repair_hint()
-            .into_iter()
-            .map(|(k, a)| (k, a.expires_ns))
-            .collect();
+        let current: HashMap<SourceKey, Authorization> = state.repair_hint().into_iter().collect();
         let mut lines = Vec::new();
-        for (key, expires) in &current {
+        for (key, auth) in &current {
+            let expires = &auth.expires_ns;
             if *expires <= now_ns {
                 // Renewed meanwhile (a re-knock at expiry): still open, nothing to say.
                 match state.unauthorize_expired(key, now_ns) {
@@ -280,12 +371,15 @@ impl Events {
                 l.reason = Some("expired");
                 lines.push(l);
                 self.open.remove(key);
-            } else if !self.open.contains_key(key) {
-                let mut l = self.line(now, "open", key.addr, key.seq);
-                l.reason = Some("allow");
-                l.open_for = Some(clock::human(Duration::from_nanos(expires - now_ns)));
+            } else if self.open.get(key) != Some(&auth.opened_ns) {
+                let at = clock::wall_time(auth.opened_ns.min(now_ns), now_ns);
+                let mut l = self.line(at, "open", key.addr, key.seq);
+                l.reason = Some(origin_reason(auth.origin));
+                l.open_for = Some(clock::human(Duration::from_nanos(
+                    expires.saturating_sub(auth.opened_ns),
+                )));
                 lines.push(l);
-                self.open.insert(*key, *expires);
+                self.open.insert(*key, auth.opened_ns);
             }
         }
         let revoked: Vec<SourceKey> = self
@@ -316,6 +410,14 @@ impl Events {
         for (key, until) in &current {
             if *until != 0 && *until <= now_ns {
                 let _ = state.bans.remove(key);
+            } else if *until > now_ns && self.bans.get(&key.addr) != Some(until) {
+                // A ban whose event the ring lost (or a new one): said from the map.
+                let at = clock::wall_time(until.saturating_sub(nanos(self.ban_for)), now_ns);
+                let mut l = self.line(at, "ban", key.addr, 0);
+                l.sequence = None;
+                l.open_for = Some(clock::human(self.ban_for));
+                lines.push(l);
+                self.bans.insert(key.addr, *until);
             }
         }
         let ended: Vec<([u8; 16], u64)> = self

@@ -16,9 +16,9 @@ use aya::{
     },
 };
 use knock_common::{
-    Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, PORT_RULE_ENTRIES,
-    PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey, SpaCheckKey, SpaKeyId,
-    map_names,
+    Authorization, Ban, COUNTERS, Counter, Flow, FlowKey, MAX_SEQUENCES, NAME_LEN, OneTimeId, Origin,
+    PORT_RULE_ENTRIES, PortRule, Progress, SEQ_STRICT, SequenceConfig, Settings, SourceAddr, SourceKey,
+    SpaCheckKey, SpaKeyId, map_names,
 };
 
 /// Map update flags (aya passes them to the kernel as they are).
@@ -41,6 +41,9 @@ pub struct State {
     pub bans: HashMap<MapData, SourceAddr, Ban>,
     pub access: LpmTrie<MapData, [u8; 16], u8>,
     pub spa_keys: HashMap<MapData, SpaKeyId, SpaCheckKey>,
+    /// One-time lines the kernel spent (by identity): `run` replaces each, then
+    /// removes it.
+    pub spent: HashMap<MapData, OneTimeId, u64>,
     /// What the port-rule entries no sequence uses hold, as this State last wrote
     /// them (None: not written yet by it).
     background: Option<crate::config::Background>,
@@ -91,6 +94,7 @@ impl State {
             bans: typed(get, map_names::BANS)?,
             access: typed(get, map_names::ACCESS)?,
             spa_keys: typed(get, map_names::SPA_KEYS)?,
+            spent: typed(get, map_names::SPENT)?,
             background: None,
         })
     }
@@ -201,7 +205,7 @@ impl State {
                     .flatten(),
             )
             .collect();
-        let table = config.sequence_table(now);
+        let table = config.sequence_table(now, self.now_ns()?);
         for i in 0..MAX_SEQUENCES {
             let entry = table.get(i).copied().unwrap_or_else(bytemuck::Zeroable::zeroed);
             self.sequences
@@ -351,10 +355,8 @@ impl State {
     pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
         refuse_martian(addr)?;
         let now = self.now_ns()?;
-        let auth = Authorization {
-            expires_ns: now.saturating_add(crate::config::nanos(duration)),
-            opened_ns: now,
-        };
+        let expires_ns = now.saturating_add(crate::config::nanos(duration));
+        let auth = Authorization::new(now, expires_ns, Origin::Allow);
         self.authorize(&source_key(addr, seq), &auth)
     }
 

@@ -156,7 +156,7 @@ impl State {
         moves: &HashMap<u8, Option<u8>>,
         now: SystemTime,
     ) {
-        let table = config.sequence_table(now);
+        let table = config.sequence_table(now, 0);
         let knocks = |c: &SequenceConfig| c.knocks[..usize::from(c.n_knocks)].to_vec();
         let stale: Vec<SourceKey> = self
             .progress
@@ -186,7 +186,7 @@ mod tests {
 
     fn table(toml: &str) -> (Config, Vec<(u8, SequenceConfig)>) {
         let config = Config::parse(Path::new("t.toml"), toml).expect("valid");
-        let table = config.sequence_table(SystemTime::UNIX_EPOCH);
+        let table = config.sequence_table(SystemTime::UNIX_EPOCH, 0);
         let entries = table.into_iter().enumerate().map(|(i, c)| (i as u8, c)).collect();
         (config, entries)
     }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
-use knock_common::{Event, EventKind, SpaRequest, map_names};
+use knock_common::{Event, OneTimeId, SpaRequest, map_names};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -19,7 +19,7 @@ use crate::{
     attach,
     commands::Commands,
     config::{Config, XdpMode},
-    events::{EventLine, Events},
+    events::{EventLine, Events, Suppression},
     ifaces::{Interfaces, LinkEvents},
     maps::State,
     metrics,
@@ -33,6 +33,11 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often time-based sequences are checked for a new period or the end of a grace.
 const ROTATE_EVERY: Duration = Duration::from_millis(200);
+/// How often the per-packet events (knock, reset) are read: the kernel wakes nobody
+/// for them.
+const STEP_EVENTS_EVERY: Duration = Duration::from_millis(100);
+/// How often a `suppressed` line may be printed.
+const SUPPRESSED_EVERY: Duration = Duration::from_secs(1);
 /// How often interfaces are checked for appearing, or coming back under a new index,
 /// besides when netlink announces a change.
 const FOLLOW_IFACES_EVERY: Duration = Duration::from_secs(1);
@@ -140,29 +145,28 @@ impl Output {
         self.commands.event(&line);
     }
 
-    /// Prints the kernel's events; returns the names of the sequences that opened.
-    fn drain(
-        &self,
-        ring: &mut RingBuf<aya::maps::MapData>,
-        events: &mut Events,
-        state: &State,
-    ) -> Vec<String> {
-        let now = state.now_ns().unwrap_or_else(|_| crate::clock::monotonic_ns());
-        let mut opened = vec![];
-        while let Some(item) = ring.next() {
-            if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item)
-                && let Some(line) = events.from_kernel(&ev, now)
-            {
-                if ev.kind == EventKind::Open as u8
-                    && let Some(name) = &line.sequence
+    /// Prints the kernel's events, the per-packet ones first (so that the knocks of
+    /// an open come before it). Nothing depends on them: what they tell is in the
+    /// maps too.
+    fn drain(&self, rings: &mut Rings, rare: &mut RingBuf<aya::maps::MapData>, d: &mut Daemon) {
+        let now = d.state.now_ns().unwrap_or_else(|_| crate::clock::monotonic_ns());
+        for ring in [&mut rings.steps, rare] {
+            while let Some(item) = ring.next() {
+                if let Ok(ev) = bytemuck::try_pod_read_unaligned::<Event>(&item)
+                    && let Some(line) = d.live.events.from_kernel(&ev, now)
                 {
-                    opened.push(name.clone());
+                    self.emit(line);
                 }
-                self.emit(line);
             }
         }
-        opened
+        // The hint that a one-time line may have been spent.
+        d.spent();
     }
+}
+
+/// The kernel's per-packet event ring, read on an interval (it wakes nobody).
+struct Rings {
+    steps: RingBuf<aya::maps::MapData>,
 }
 
 /// Registers ring buffer `name` with the runtime, to await its records.
@@ -210,31 +214,49 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Spends the one-time sequences that opened, and rewrites the tables if they
-    /// changed (the target config's, when a reload is pending).
-    fn opened(&mut self, opened: &[String]) {
-        if !opened.is_empty() {
-            self.spend(opened);
-        }
-    }
-
-    /// What waits for a retry: one-time marks and files, and tables whose write failed.
-    fn retry(&mut self) {
-        if self.spender.pending() {
-            self.spend(&[]);
-        }
-        self.rewrite();
-    }
-
-    fn spend(&mut self, opened: &[String]) {
+    /// Replaces the one-time lines the kernel spent (XK_SPENT): each is marked in
+    /// its file, and the next line is written into the kernel (into the target
+    /// config, when a reload is pending). A spent line's record is removed only once
+    /// its replacement is in the kernel and its mark in the file, so the line stays
+    /// closed across a crash or a restart of `run` until then. Also retries what
+    /// waits: one-time marks and files, and tables whose write failed.
+    fn spent(&mut self) {
+        let ids: Vec<u64> = self
+            .state
+            .spent
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.id)
+            .collect();
         let config = match &mut self.pending {
             Some(p) => &mut p.config,
             None => &mut self.live.config,
         };
-        if self.spender.opened(config, opened) {
+        let names: Vec<String> = config
+            .sequences
+            .iter()
+            .filter(|s| s.one_time_id().is_some_and(|id| ids.contains(&id)))
+            .map(|s| s.name.clone())
+            .collect();
+        if (!names.is_empty() || self.spender.pending()) && self.spender.opened(config, &names) {
             self.stale = true;
         }
         self.rewrite();
+        if ids.is_empty() || self.pending.is_some() || self.stale || self.spender.pending() {
+            return;
+        }
+        let armed: Vec<u64> = self
+            .live
+            .config
+            .sequences
+            .iter()
+            .filter_map(crate::config::Sequence::one_time_id)
+            .collect();
+        for id in ids.into_iter().filter(|id| !armed.contains(id)) {
+            // Left for the next call if this fails: a stale record only keeps a used
+            // line closed.
+            let _ = self.state.spent.remove(&OneTimeId { id });
+        }
     }
 
     /// Writes the time-based and one-time sequences' tables when they changed or a
@@ -364,6 +386,13 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         );
     }
     let mut ring = watch(&mut ebpf, map_names::EVENTS)?;
+    let mut rings = Rings {
+        steps: ebpf
+            .take_map(map_names::STEP_EVENTS)
+            .with_context(|| format!("the eBPF object has no map {}", map_names::STEP_EVENTS))?
+            .try_into()?,
+    };
+    let mut suppression = Suppression::new(&state);
     let mut spa_ring = watch(&mut ebpf, map_names::SPA_REQUESTS)?;
     forward_kernel_logs(&mut ebpf);
     let links = LinkEvents::open()
@@ -404,6 +433,8 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     let mut follow = tokio::time::interval(FOLLOW_IFACES_EVERY);
+    let mut steps = tokio::time::interval(STEP_EVENTS_EVERY);
+    let mut summary = tokio::time::interval(SUPPRESSED_EVERY);
     // Nothing on this loop may end it but a signal to stop: every failure is logged
     // and retried, and the filter stays attached whatever happens here.
     loop {
@@ -411,8 +442,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => match guard {
                 Ok(mut guard) => {
-                    let opened = output.drain(guard.get_inner_mut(), &mut d.live.events, &d.state);
-                    d.opened(&opened);
+                    output.drain(&mut rings, guard.get_inner_mut(), &mut d);
                     guard.clear_ready();
                 }
                 Err(e) => {
@@ -424,8 +454,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             guard = spa_ring.readable_mut(), if d.live.verifier.is_some() => match guard {
                 Ok(mut guard) => {
                     // Kernel events first, so that its knocks print before an open.
-                    let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
-                    d.opened(&opened);
+                    output.drain(&mut rings, ring.get_mut(), &mut d);
                     if let Some(verifier) = d.live.verifier.as_mut() {
                         let requests = guard.get_inner_mut();
                         while let Some(item) = requests.next() {
@@ -445,12 +474,15 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                 }
             },
             _ = rotate.tick(), if timed => d.rewrite(),
+            _ = steps.tick() => output.drain(&mut rings, ring.get_mut(), &mut d),
+            _ = summary.tick() => {
+                if let Some(line) = suppression.line(&d.state) {
+                    say(&line.render(opts.json));
+                }
+            }
             _ = sweep.tick() => {
-                // Kernel events first, so an `open` the kernel just made is not
-                // mistaken for one added by `xknock allow`.
-                let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
-                d.opened(&opened);
-                d.retry();
+                // Kernel events first, so that an open says what its event says.
+                output.drain(&mut rings, ring.get_mut(), &mut d);
                 d.finish_reload(&opts, &mut output);
                 match d.live.events.sweep(&mut d.state) {
                     Ok(lines) => lines.into_iter().for_each(|line| output.emit(line)),
@@ -471,8 +503,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             }
             _ = sighup.recv() => {
                 // Events so far belong to the old sequence names.
-                let opened = output.drain(ring.get_mut(), &mut d.live.events, &d.state);
-                d.opened(&opened);
+                output.drain(&mut rings, ring.get_mut(), &mut d);
                 if let Ok(xdp) = attach::program(&mut ebpf) {
                     d.reload(&opts, &mut output, &mut ifaces, xdp);
                 }

@@ -58,6 +58,7 @@ pub struct Harness {
     ebpf: Ebpf,
     pub state: State,
     events: RingBuf<MapData>,
+    step_events: RingBuf<MapData>,
     spa_requests: RingBuf<MapData>,
     /// The frozen policy clock.
     now: Duration,
@@ -83,24 +84,39 @@ impl Harness {
         let mut state = State::from_ebpf(&mut ebpf).expect("maps");
         state.apply(&config).expect("apply config");
         state.set_test_clock(Some(START)).expect("freeze the clock");
-        let events = ebpf
-            .take_map("XK_EVENTS")
-            .expect("events map")
-            .try_into()
-            .expect("ring buffer");
+        let mut ring = |name: &str| -> RingBuf<MapData> {
+            ebpf.take_map(name)
+                .expect("events map")
+                .try_into()
+                .expect("ring buffer")
+        };
+        let events = ring(knock_common::map_names::EVENTS);
+        let step_events = ring(knock_common::map_names::STEP_EVENTS);
         let spa_requests = ebpf
             .take_map(knock_common::map_names::SPA_REQUESTS)
             .expect("SPA request map")
             .try_into()
             .expect("ring buffer");
-        Harness {
+        let mut h = Harness {
             ebpf,
             state,
             events,
+            step_events,
             spa_requests,
             now: START,
             fs,
-        }
+        };
+        // Every event, whatever the frozen clock: the budget has its own tests.
+        h.set_event_budget(0, 0);
+        h
+    }
+
+    /// Sets the per-packet events' budget as the loader would (`[events]`): each
+    /// costs `cost_ns` of credit, of which a CPU keeps `burst_ns`; 0 is no limit.
+    pub fn set_event_budget(&mut self, cost_ns: u64, burst_ns: u64) {
+        let mut s = self.state.settings().expect("settings");
+        (s.event_cost_ns, s.event_burst_ns) = (cost_ns, burst_ns);
+        self.state.settings.set(0, &s, 0).expect("write the settings");
     }
 
     /// Where the maps are pinned (for `bpftool`).
@@ -191,11 +207,16 @@ impl Harness {
             .is_ok_and(|a| a.expires_ns > now)
     }
 
+    /// The events of both rings since the last call, in the order they were made
+    /// (per-packet ones first at the same time: a knock comes before its open).
     pub fn events(&mut self) -> Vec<Event> {
         let mut out = vec![];
-        while let Some(item) = self.events.next() {
-            out.push(bytemuck::pod_read_unaligned::<Event>(&item));
+        for ring in [&mut self.step_events, &mut self.events] {
+            while let Some(item) = ring.next() {
+                out.push(bytemuck::pod_read_unaligned::<Event>(&item));
+            }
         }
+        out.sort_by_key(|e| e.ts_ns);
         out
     }
 

@@ -166,7 +166,7 @@ pub fn attach_native(pair: &Pair, prog: &mut Xdp) {
 }
 
 /// Pins this thread to `cpu`; returns the CPUs it could use before.
-fn pin(cpu: usize) -> libc::cpu_set_t {
+pub fn pin(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: zeroed cpu_set_t values (valid: no CPUs) passed by pointer with their size.
     let (old, ok) = unsafe {
         let mut old: libc::cpu_set_t = std::mem::zeroed();
@@ -191,7 +191,7 @@ fn set_policy(policy: libc::c_int) {
 }
 
 /// Gives this thread back the CPUs `pin` took from it.
-fn unpin(cpus: &libc::cpu_set_t) {
+pub fn unpin(cpus: &libc::cpu_set_t) {
     // SAFETY: a set sched_getaffinity filled, passed with its size.
     unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), cpus) };
 }

@@ -282,6 +282,35 @@ impl Setup {
         }
     }
 
+    /// An hping3 flood of TCP SYNs from random spoofed sources, from client `i` to
+    /// `port` of the server's address on its link, for `secs` seconds (then killed);
+    /// returns how long it ran once joined.
+    pub fn flood(&self, i: usize, port: u16, secs: u32) -> std::thread::JoinHandle<Duration> {
+        let (ns, dst) = (self.client(i).to_owned(), self.hosts.server_v4[i].to_string());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let status = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .args([
+                    "--",
+                    "timeout",
+                    &secs.to_string(),
+                    "hping3",
+                    "--flood",
+                    "--rand-source",
+                    "-q",
+                ])
+                .args(["-S", "-p", &port.to_string(), &dst])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("start hping3");
+            // timeout(1) exits 124 when it had to stop the flood, as intended.
+            assert!(status.code() == Some(124), "hping3 failed: {status}");
+            started.elapsed()
+        })
+    }
+
     pub fn client(&self, i: usize) -> &str {
         &self.hosts.clients[i].ns
     }

@@ -302,10 +302,8 @@ fn the_expiry_sweep_removes_only_what_is_still_expired() {
     let mut h = Harness::new();
     let key = xknock::maps::source_key("198.18.0.7".parse().expect("addr"), 0);
     let now = h.now_ns();
-    let auth = |expires_ns| knock_common::Authorization {
-        expires_ns,
-        opened_ns: now - 1,
-    };
+    let auth =
+        |expires_ns| knock_common::Authorization::new(now - 1, expires_ns, knock_common::Origin::Knock);
     // Renewed in place by a re-knock after the sweep read it as expired.
     h.state
         .authorize(&key, &auth(now + 5_000_000_000))

@@ -338,10 +338,11 @@ fn the_authorization_hint_counts_what_the_kernel_and_the_loader_add_and_remove()
 
     // An authorization written behind the hint's back, as an older program would.
     let key = xknock::maps::source_key(B.parse().expect("addr"), SSH);
-    let auth = knock_common::Authorization {
-        expires_ns: h.now_ns() + 60_000_000_000,
-        opened_ns: h.now_ns(),
-    };
+    let auth = knock_common::Authorization::new(
+        h.now_ns(),
+        h.now_ns() + 60_000_000_000,
+        knock_common::Origin::Allow,
+    );
     h.state.authorized.insert(&key, &auth, 0).expect("insert");
     assert_eq!(h.send(&Frame::syn(B, 22)), DROP, "the kernel trusts a zero slot");
     h.state.repair_hint();

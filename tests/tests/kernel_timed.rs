@@ -168,3 +168,26 @@ fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
         assert!(format!("{e:#}").contains(expected), "{expected}: {e:#}");
     }
 }
+
+#[test]
+fn a_periods_knocks_stop_at_its_end_and_grace_with_nobody_rewriting_the_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, secret, mut h) = setup(dir.path());
+    let c = 2 * 1000 + 1;
+    // Written 10 s into period c; then the policy clock moves on and `run` is gone.
+    h.state.apply_sequences(&config, at(c, 10)).expect("rotate");
+    h.advance(Duration::from_secs(PERIOD - 10 + GRACE - 1));
+    assert_eq!(knock(&h, "198.18.0.20", &secret, c), 3);
+    assert!(door_open(&h, "198.18.0.20"), "within the grace");
+    h.advance(Duration::from_secs(2));
+    knock(&h, "198.18.0.21", &secret, c);
+    assert!(
+        !door_open(&h, "198.18.0.21"),
+        "past its period and grace, a sequence the tables still hold opens nothing"
+    );
+    assert_eq!(h.step("198.18.0.21", 1), None, "nor counts as progress");
+    assert!(
+        door_open(&h, "198.18.0.20"),
+        "authorizations stay until they expire"
+    );
+}

@@ -28,22 +28,24 @@ fn fingerprint(text: &str) -> u64 {
 
 /// The layout version and the fingerprint of the types (and the counter slots' and
 /// flags' values) it stands for.
-const RECORDED: (u32, u64) = (4, 0xfd1d_cf2a_33bd_efae);
+const RECORDED: (u32, u64) = (5, 0xb229_6599_1c56_a040);
 
 #[test]
 fn layout_snapshot() {
     let text = describe! {
         Meta { layout, _pad, created_by }
         SequenceConfig { step_timeout_ns, sequence_timeout_ns, open_for_ns, idle_timeout_ns, knocks,
-            protect, n_knocks, n_protect, flags, tcp_flags_set, tcp_flags_clear, _pad, name }
+            protect, n_knocks, n_protect, flags, tcp_flags_set, tcp_flags_clear, _pad, name, valid_until_ns, one_time_id }
         PortProto { port, proto, _pad }
         PortRule { knock_mask, protect_mask, strict_mask, flags }
         Settings { test_now_ns, ban_window_ns, ban_for_ns, ban_failures, auth_hint_shift,
-            access_rules, ban_ipv6_prefix, spa_port, stealth, _pad2 }
+            access_rules, ban_ipv6_prefix, spa_port, stealth, _pad2, event_cost_ns, event_burst_ns }
         SourceAddr { addr }
         SourceKey { addr, seq, _pad }
         Progress { first_ns, last_ns, step, _pad }
-        Authorization { expires_ns, opened_ns }
+        Authorization { expires_ns, opened_ns, origin, _pad }
+        OneTimeId { id }
+        EventBudget { credit_ns, last_ns }
         Ban { window_start_ns, until_ns, failures, _pad }
         FlowKey { addr, src_port, dst_port, proto, _pad }
         Flow { last_ns, idle_timeout_ns }
@@ -58,8 +60,12 @@ fn layout_snapshot() {
     let text = format!(
         "{text}COUNTERS {COUNTERS} MAX_SEQUENCES {MAX_SEQUENCES} PORT_RULE_ENTRIES {PORT_RULE_ENTRIES}\n\
          counters {:?}\nflags SEQ {SEQ_STRICT} {SEQ_KEEP_ESTABLISHED} {SEQ_IGNORE_WRONG} RULE_SPA {RULE_SPA} RULE_STEALTH {RULE_STEALTH} \
-         ACCESS {ACCESS_ALLOW} {ACCESS_DENY}\n",
-        Counter::ALL
+         ACCESS {ACCESS_ALLOW} {ACCESS_DENY} ORIGIN {} {} {} {} SPENT_ENTRIES {SPENT_ENTRIES}\n",
+        Counter::ALL,
+        Origin::Knock as u8,
+        Origin::Spa as u8,
+        Origin::Allow as u8,
+        Origin::Fleet as u8,
     );
     let now = (LAYOUT_VERSION, fingerprint(&text));
     assert_eq!(

@@ -139,3 +139,69 @@ fn a_used_line_stays_used_when_its_file_cannot_be_written() {
     knock(&s, &["32000/udp", "32001"]);
     assert_eq!(opens(&s), 1, "the next line opens");
 }
+
+#[test]
+fn a_line_used_while_run_is_stopped_and_its_ring_full_opens_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("door.otp");
+    std::fs::write(&file, "31000,31001:udp,31002\n32000/udp 32001\n").expect("write");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    // Every knock event made: the flood fills the per-packet ring while run sleeps.
+    let s = Setup::with_config(&format!(
+        "\n[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\n\
+         [events]\nrate = 1000000\nburst = 1000000\n",
+        file.display()
+    ));
+    let (client, replayer) = (s.hosts.clients[0].v4, s.hosts.clients[1].v4);
+    let run = s.hosts.last_child_pid() as i32;
+    // SAFETY: signalling the run this test started.
+    unsafe { libc::kill(run, libc::SIGSTOP) };
+    s.flood(0, 31000, 3).join().expect("the flood");
+    let first = ["31000", "31001/udp", "31002"];
+    knock(&s, &first);
+    assert!(
+        s.reachable(0, s.hosts.server_v4[0]),
+        "the kernel opens without run"
+    );
+    // The same line, sniffed and replayed from another host while run sleeps.
+    let other = s.hosts.server_v4[1].to_string();
+    let mut args = vec!["knock", other.as_str(), "--delay", "20ms"];
+    args.extend_from_slice(&first);
+    s.xknock(s.client(1), &args);
+    assert!(
+        !s.reachable(1, s.hosts.server_v4[1]),
+        "a used line never opens again"
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(run, libc::SIGCONT) };
+    let open = s.wait_event("open", client);
+    assert_eq!(open["reason"], "knock", "{open}");
+    let refused = s.wait_event("open_failed", replayer);
+    assert_eq!(refused["reason"], "one-time sequence used", "{refused}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&file)
+        .expect("read")
+        .starts_with("#31000")
+    {
+        assert!(std::time::Instant::now() < deadline, "never marked:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(opens(&s), 1, "{:?}", s.events());
+    let lost: u64 = s
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "suppressed")
+        .filter_map(|e| e["lost"].as_u64())
+        .sum();
+    assert!(lost > 0, "the ring overflowed: {lost} events lost");
+    // The next line is in force.
+    s.xknock(
+        s.client(1),
+        &["knock", other.as_str(), "--delay", "20ms", "32000/udp", "32001"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.reachable(1, s.hosts.server_v4[1]), "the next line opens");
+}

@@ -1,7 +1,11 @@
 //! The configuration as the kernel's tables: the sequence array, the port-rule
 //! array and the settings.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use ipnet::IpNet;
 
@@ -10,7 +14,9 @@ use knock_common::{
     SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
 };
 
-use super::{Config, Knock, Sequence, nanos};
+use sha2::{Digest as _, Sha256};
+
+use super::{Config, EventLimits, Knock, Sequence, nanos};
 
 impl Config {
     /// The kernel's sequence slots at `now`: each configured sequence at its index,
@@ -35,14 +41,29 @@ impl Config {
                 }
                 _ => vec![],
             };
+            // Knocks of period p count until its end and the grace after.
+            let until = |p: u64| {
+                Some(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs((p + 1).saturating_mul(timed.secret.period.as_secs()))
+                        + timed.grace,
+                )
+            };
+            let other_period = if into < timed.grace {
+                counter.checked_sub(1)
+            } else {
+                Some(counter + 1)
+            };
+            let (current, other) = ((current, until(counter)), (other, other_period.and_then(until)));
             let (even, odd) = if counter % 2 == 0 {
                 (current, other)
             } else {
                 (other, current)
             };
-            slot.knocks = even;
+            (slot.knocks, slot.valid_until) = even;
             twins.push(Sequence {
-                knocks: odd,
+                knocks: odd.0,
+                valid_until: odd.1,
                 ..seq.clone()
             });
         }
@@ -50,11 +71,20 @@ impl Config {
         slots
     }
 
-    /// The kernel's sequence table at `now`, one entry per slot.
-    pub fn sequence_table(&self, now: SystemTime) -> Vec<SequenceConfig> {
+    /// The kernel's sequence table at `now`, one entry per slot; `kernel_now_ns` is
+    /// the policy clock at `now`, to which the slots' ends are converted.
+    pub fn sequence_table(&self, now: SystemTime, kernel_now_ns: u64) -> Vec<SequenceConfig> {
         self.kernel_slots(now)
             .iter()
-            .map(Sequence::kernel_config)
+            .map(|s| {
+                let mut c = s.kernel_config();
+                if let Some(until) = s.valid_until {
+                    let left = until.duration_since(now).unwrap_or_default();
+                    // Never 0, which would mean "no end".
+                    c.valid_until_ns = kernel_now_ns.saturating_add(nanos(left)).max(1);
+                }
+                c
+            })
             .collect()
     }
 
@@ -102,6 +132,8 @@ impl Config {
             access_rules: u8::from(!self.allow.is_empty() || !self.deny.is_empty()),
             spa_port: self.spa.as_ref().map_or(0, |s| s.port),
             stealth: u8::from(self.stealth.is_some()),
+            event_cost_ns: self.events.cost_ns(),
+            event_burst_ns: self.events.cost_ns().saturating_mul(u64::from(self.events.burst)),
             ..base
         }
     }
@@ -196,6 +228,11 @@ pub fn rule_index(k: Knock) -> u32 {
 }
 
 impl Sequence {
+    /// A one-time sequence's identity of its current line in the kernel.
+    pub fn one_time_id(&self) -> Option<u64> {
+        Some(one_time_id(self.one_time.as_ref()?, &self.knocks))
+    }
+
     pub fn kernel_config(&self) -> SequenceConfig {
         let mut c: SequenceConfig = bytemuck::Zeroable::zeroed();
         c.step_timeout_ns = nanos(self.step_timeout);
@@ -217,6 +254,7 @@ impl Sequence {
                 0
             }
             | if self.ignore_wrong { SEQ_IGNORE_WRONG } else { 0 };
+        c.one_time_id = self.one_time_id().unwrap_or(0);
         c.tcp_flags_set = self.tcp_flags_set;
         c.tcp_flags_clear = self.tcp_flags_clear;
         for (slot, b) in c.name.iter_mut().zip(self.name.as_bytes()) {
@@ -224,4 +262,30 @@ impl Sequence {
         }
         c
     }
+}
+
+impl EventLimits {
+    /// What one event costs the kernel's token bucket (Settings::event_cost_ns).
+    pub fn cost_ns(&self) -> u64 {
+        match self.rate {
+            0 => u64::MAX,
+            rate => 1_000_000_000 / u64::from(rate),
+        }
+    }
+}
+
+/// The kernel's identity of a one-time line: the file and the line's knocks, hashed
+/// (never 0). A line that repeats a used one is used too: its knocks were seen.
+fn one_time_id(path: &Path, knocks: &[Knock]) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"xknock one-time line v1\0");
+    h.update(path.as_os_str().as_encoded_bytes());
+    for k in knocks {
+        h.update(b"\0");
+        h.update(k.to_string().as_bytes());
+    }
+    let digest = h.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(id).max(1)
 }

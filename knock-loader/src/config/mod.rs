@@ -103,6 +103,9 @@ pub struct Sequence {
     pub timed: Option<Timed>,
     /// knockd's `one_time_sequences`: the file whose first unused line `knocks` is.
     pub one_time: Option<PathBuf>,
+    /// A kernel slot of a time-based sequence: when its knocks stop counting (the
+    /// end of their period and grace). Set by `Config::kernel_slots` only.
+    pub valid_until: Option<std::time::SystemTime>,
     /// Run when a source is authorized (knockd's start_command).
     pub on_open: Option<Template>,
     /// Run when an authorization ends (knockd's stop_command).
@@ -141,6 +144,8 @@ pub struct Config {
     pub spa: Option<SpaConfig>,
     /// How `on_open` and `on_close` commands run (`[commands]`).
     pub commands: CommandLimits,
+    /// `[events]`: how many knock and reset events each CPU makes.
+    pub events: EventLimits,
     /// `stealth = true`: SYNs and datagrams to every port but the configured and the
     /// `public` ones (and UDP replies to the local ephemeral range) are dropped.
     pub stealth: Option<Stealth>,
@@ -150,6 +155,21 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stealth {
     pub public: Vec<Knock>,
+}
+
+/// `[events]`: per CPU, at most `rate` knock and reset events a second, after a
+/// burst of `burst`; the kernel counts the rest, and `run` reports them once a second.
+/// Open, close, ban and the other rare events are never limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventLimits {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits { rate: 10, burst: 20 }
+    }
 }
 
 /// `[commands]`: bounds on the `on_open` and `on_close` commands.

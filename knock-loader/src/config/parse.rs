@@ -16,7 +16,7 @@ use toml::Spanned;
 use crate::timed::TimedSecret;
 
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
+    BanPolicy, Config, DEFAULT_PIN_DIR, EventLimits, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
     commands::{RawCommands, parse_commands, parse_template},
     is_plain_name,
     spa::{RawSpa, parse_spa},
@@ -49,6 +49,8 @@ struct RawConfig {
     spa: Option<Spanned<RawSpa>>,
     commands: Option<RawCommands>,
     #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
     stealth: bool,
     public: Option<Spanned<Vec<Spanned<String>>>>,
 }
@@ -60,6 +62,41 @@ struct RawBan {
     window: Option<Spanned<String>>,
     ban_for: Option<Spanned<String>>,
     ipv6_prefix: Option<Spanned<i64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+}
+
+/// `[events]`: the per-CPU budget of knock and reset events.
+fn parse_events(src: &Source, raw: &RawEvents) -> Result<EventLimits> {
+    let number = |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<u32>, default| match v
+    {
+        None => Ok(default),
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                src.at(
+                    n,
+                    key,
+                    format!(
+                        "{} is not a whole number from {} to {}",
+                        n.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    };
+    let defaults = EventLimits::default();
+    Ok(EventLimits {
+        rate: number(&raw.rate, "events.rate", 0..=1_000_000, defaults.rate)?,
+        burst: number(&raw.burst, "events.burst", 1..=1_000_000, defaults.burst)?,
+    })
 }
 
 /// What a knock of the sequence out of order does.
@@ -239,6 +276,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
     }
     let stealth = parse_stealth(&src, raw.stealth, raw.public.as_ref(), &sequences, spa.as_ref())?;
     let commands = parse_commands(&src, raw.commands.as_ref())?;
+    let events = parse_events(&src, &raw.events)?;
     let interfaces = match raw.interface {
         None => vec![],
         Some(OneOrMany::One(i)) => vec![i],
@@ -255,6 +293,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         limits,
         spa,
         commands,
+        events,
         stealth,
     })
 }
@@ -434,6 +473,7 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         tcp_flags_clear,
         timed,
         one_time: one_time.map(|(_, path)| path),
+        valid_until: None,
         on_open: parse_template(src, &raw.on_open, "on_open")?,
         on_close: parse_template(src, &raw.on_close, "on_close")?,
     };

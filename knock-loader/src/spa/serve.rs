@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use knock_common::{Authorization, SPA_MAX_PAYLOAD, SpaRequest};
+use knock_common::{Authorization, Origin, SPA_MAX_PAYLOAD, SpaRequest};
 
 use super::Verifier;
 use crate::{
@@ -33,17 +33,14 @@ pub fn serve(
         Err(e) => return vec![events.spa_rejected(request.addr, "error", format!("{e:#}"))],
     };
     let expires_ns = now_ns.saturating_add(nanos(grant.open_for));
-    let auth = Authorization {
-        expires_ns,
-        opened_ns: now_ns,
-    };
+    let auth = Authorization::new(now_ns, expires_ns, Origin::Spa);
     grant
         .sequences
         .iter()
         .map(|seq| {
             let key = source_key(grant.addr, *seq);
             match state.authorize(&key, &auth) {
-                Ok(()) => events.spa_open(key, expires_ns, grant.open_for, &grant.client),
+                Ok(()) => events.spa_open(key, &auth, grant.open_for, &grant.client),
                 Err(e) => events.open_failed(key, format!("{e:#}")),
             }
         })

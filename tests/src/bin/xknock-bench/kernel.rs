@@ -56,10 +56,7 @@ fn prepare(h: &mut Harness, n: u32) {
             .progress
             .insert(&key, &progress, 0)
             .expect("prefill progress");
-        let auth = Authorization {
-            expires_ns: now + 3_600_000_000_000,
-            opened_ns: now,
-        };
+        let auth = Authorization::new(now, now + 3_600_000_000_000, knock_common::Origin::Allow);
         h.state.authorize(&key, &auth).expect("prefill authorizations");
     }
     h.knock(&[Frame::syn("198.18.1.3", 7000)]);
