@@ -190,19 +190,34 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// One flood of `frame` (every frame a new source), after a warm-up: the XDP
-/// program's ns per packet from `stats`, and the flood's duration in seconds.
+/// What one flood measured.
+struct Measured {
+    /// The XDP program's time per packet.
+    ns: f64,
+    /// Packets the program ran on per second.
+    pps: f64,
+    /// Lines `run` printed per second.
+    lines_per_s: f64,
+}
+
+/// One flood of `frame` (every frame a new source), after a warm-up; `stats` gives
+/// the program's run time and count and the lines `run` printed so far.
 fn flood(
     generator: &mut xknock_tests::live::Generator,
     pair: &Pair,
     frame: &[u8],
-    stats: &dyn Fn() -> (Duration, u64),
-) -> (f64, f64) {
+    stats: &dyn Fn() -> (Duration, u64, u64),
+) -> Measured {
     generator.send(pair, frame, FRAMES / 10, 1);
     std::thread::sleep(Duration::from_millis(100));
     let before = stats();
-    let took = generator.send(pair, frame, FRAMES, 1);
-    (ns_per_run(before, stats()), took.as_secs_f64())
+    let secs = generator.send(pair, frame, FRAMES, 1).as_secs_f64();
+    let after = stats();
+    Measured {
+        ns: ns_per_run((before.0, before.1), (after.0, after.1)),
+        pps: after.1.saturating_sub(before.1) as f64 / secs,
+        lines_per_s: after.2.saturating_sub(before.2) as f64 / secs,
+    }
 }
 
 /// A row of the table: name, ns per packet, x the empty program, target (if any).
@@ -256,9 +271,12 @@ pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
     let pass: &aya::programs::Xdp = empty_program(&mut pass);
     let base_stats = || {
         let info = pass.info().expect("program info");
-        (info.run_time(), info.run_count())
+        (info.run_time(), info.run_count(), 0)
     };
-    let ours_stats = || daemon.stats();
+    let ours_stats = || {
+        let (time, count) = daemon.stats();
+        (time, count, daemon.lines())
+    };
     let frame_to = |pair: &Pair, port: u16| {
         let mut bytes = Frame::syn("198.18.100.2", port)
             .dst("198.18.100.1".parse().expect("addr"))
@@ -275,12 +293,14 @@ pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
     let mut ours: Vec<Vec<f64>> = vec![vec![]; KINDS.len()];
     // `run`'s lines per second during each kind's floods.
     let mut lines_per_s: Vec<Vec<f64>> = vec![vec![]; KINDS.len()];
+    // Packets per second the program ran on during the first-knock floods.
+    let mut knock_pps: Vec<f64> = vec![];
     for round in 0..ROUNDS {
         // The empty program's floods first in even rounds, last in odd ones.
         let mut base_round = |generator: &mut xknock_tests::live::Generator| {
             for &port in &ports {
                 let frame = frame_to(&base_pair, port);
-                empty.push(flood(generator, &base_pair, &frame, &base_stats).0);
+                empty.push(flood(generator, &base_pair, &frame, &base_stats).ns);
             }
         };
         if round % 2 == 0 {
@@ -291,13 +311,15 @@ pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
             if kind.paused {
                 daemon.signal(libc::SIGSTOP);
             }
-            let start = daemon.lines();
-            let (ns, secs) = flood(&mut generator, &our_pair, &frame, &ours_stats);
-            lines_per_s[i].push((daemon.lines() - start) as f64 / secs);
+            let m = flood(&mut generator, &our_pair, &frame, &ours_stats);
+            lines_per_s[i].push(m.lines_per_s);
+            if i == 2 {
+                knock_pps.push(m.pps);
+            }
             if kind.paused {
                 daemon.signal(libc::SIGCONT);
             }
-            ours[i].push(ns);
+            ours[i].push(m.ns);
             // What `run` still has to print must not overlap the next flood.
             daemon.settle();
         }
@@ -335,9 +357,21 @@ pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
     }
     let _ = writeln!(
         md,
-        "\n`run` printed {:.0} lines per second during the first-knock floods (median of {ROUNDS} floods of \
-         {FRAMES} frames; {:.0} and {:.0} during the unrelated-port and protected-port floods, {:.0} while paused).",
-        lines[2], lines[0], lines[1], lines[3]
+        "\n`run` printed {:.0} lines per second during the first-knock floods, which reached its program at {:.0} \
+         packets per second (medians of {ROUNDS} floods of {FRAMES} frames); {:.0} and {:.0} during the \
+         unrelated-port and protected-port floods, {:.0} while paused.",
+        lines[2],
+        median(knock_pps.clone()),
+        lines[0],
+        lines[1],
+        lines[3]
+    );
+    csv.row(
+        "flood",
+        KINDS[2].name,
+        None,
+        "packets_per_second",
+        median(knock_pps),
     );
     eprintln!("flood: done");
     rows
