@@ -3,9 +3,11 @@
 //! tracked, next to an empty XDP program measured in the same run; the kernel memory
 //! each tracked source costs; live throughput on a veth pair; a SYN flood side by side
 //! with iptables `recent`, nftables and knockd; and legitimate knocks during a knock
-//! flood, for xknock and the same three. Writes bench/results/bench.{md,csv} and one SVG chart
-//! per part. Ratios only: absolute numbers depend on the machine.
+//! flood, for xknock and the same three; and the live cost under random-source floods
+//! with the real `xknock run` consuming events. Writes bench/results/bench.{md,csv} and
+//! one SVG chart per part. Ratios only: absolute numbers depend on the machine.
 
+mod flood;
 mod kernel;
 mod live;
 mod resilience;
@@ -41,6 +43,8 @@ enum Part {
     SideBySide,
     /// Legitimate knocks during a knock flood, for xknock and the alternatives.
     Resilience,
+    /// Live cost under random-source floods, with the real `xknock run` consuming events.
+    Flood,
 }
 
 /// bench.csv: one measurement per row.
@@ -89,6 +93,11 @@ fn main() {
     } else {
         vec![]
     };
+    let flood_cost = if run(Part::Flood) {
+        flood::flood_table(&mut md, &mut csv)
+    } else {
+        vec![]
+    };
     print!("{md}");
     if !args.parts.is_empty() || args.quick {
         eprintln!("a partial run: bench/results left as it was");
@@ -98,16 +107,25 @@ fn main() {
     fs::create_dir_all(dir).expect("bench/results");
     fs::write(dir.join("bench.md"), &md).expect("write bench.md");
     fs::write(dir.join("bench.csv"), &csv.0).expect("write bench.csv");
-    charts(dir, &over_by_path, &live_rows, &flood_rows, &resilience_rows).expect("draw the charts");
+    charts(
+        dir,
+        &over_by_path,
+        &live_rows,
+        &flood_rows,
+        &resilience_rows,
+        &flood_cost,
+    )
+    .expect("draw the charts");
 }
 
-/// kernel.svg, live.svg, side-by-side.svg and resilience.svg under `dir`.
+/// kernel.svg, live.svg, side-by-side.svg, resilience.svg and flood.svg under `dir`.
 fn charts(
     dir: &Path,
     kernel: &[(&str, u32, f64)],
     live: &[live::LiveRow],
     flood: &[(String, (f64, f64))],
     resilience: &[resilience::Row],
+    flood_cost: &[flood::Row],
 ) -> Result<(), chart::Error> {
     chart::kernel_cost(&dir.join("kernel.svg"), kernel)?;
     Bars {
@@ -139,5 +157,12 @@ fn charts(
                 .collect(),
         )],
     }
-    .draw(&dir.join("resilience.svg"))
+    .draw(&dir.join("resilience.svg"))?;
+    Bars {
+        title: "Random-source floods with `xknock run` consuming events: XDP time per packet",
+        y_desc: "x the empty program",
+        groups: flood_cost.iter().map(|r| r.0.to_owned()).collect(),
+        series: vec![("x empty program".into(), flood_cost.iter().map(|r| r.2).collect())],
+    }
+    .draw(&dir.join("flood.svg"))
 }
