@@ -296,8 +296,8 @@ pub struct Settings {
 }
 
 /// Slots of the authorization hint: a power of two, at least this many, and at
-/// least as many as the authorizations the map holds.
-pub const AUTH_HINT_MIN_SLOTS: u32 = 65536;
+/// least a quarter as many as the authorizations the map holds.
+pub const AUTH_HINT_MIN_SLOTS: u32 = 4096;
 
 /// The authorization-hint slot of a source address (Fibonacci hashing of its four
 /// words folded into one). Kernel and userspace must agree on it exactly: the slot

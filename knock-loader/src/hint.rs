@@ -26,11 +26,13 @@ pub struct AuthHint {
 // long as the value.
 unsafe impl Send for AuthHint {}
 
-/// Slots for an authorization map of `authorized` entries: a power of two, at least
-/// one per entry (and AUTH_HINT_MIN_SLOTS: 512 KiB), so that a full map still leaves
-/// most slots empty.
+/// Slots for an authorization map of `authorized` entries: a power of two, one per
+/// four entries and at least AUTH_HINT_MIN_SLOTS (32 KiB at the default limits). Small
+/// enough to stay in the CPU's cache under a flood from random sources (a miss there
+/// would cost more than the lookup it saves), large enough that a map a few percent
+/// full leaves most slots empty.
 pub fn slots_for(authorized: u32) -> u32 {
-    authorized.max(AUTH_HINT_MIN_SLOTS).next_power_of_two()
+    (authorized / 4).max(AUTH_HINT_MIN_SLOTS).next_power_of_two()
 }
 
 impl AuthHint {
