@@ -1,7 +1,8 @@
 //! knockd's `one_time_sequences`: a file of sequences, one per line, each valid once.
-//! The first line not commented out is the sequence's knocks; when it opens, `run`
-//! comments it out (as knockd does, with `#`) and the next line takes over, so the
-//! file itself remembers what was used across restarts.
+//! The first line not commented out is the sequence's knocks; the open that uses it
+//! spends it in the kernel (XK_SPENT), then `run` comments it out (as knockd does,
+//! with `#`) and the next line takes over, so the file itself remembers what was used
+//! across restarts.
 
 use std::{
     fs,
@@ -113,11 +114,11 @@ pub fn mark_used(path: &Path, line: usize) -> Result<()> {
     write().with_context(|| format!("cannot rewrite {} to mark line {line} used", path.display()))
 }
 
-/// `run`'s side of one-time sequences: when one opens, its line is spent at once in
-/// memory and in the kernel (the next line, or none, is loaded), and marked in its
-/// file as soon as the file can be written. A line whose mark could not be written
-/// (a full disk, say) stays spent in memory, also across reloads, and the write is
-/// retried; only a restart of `run` before it succeeds could bring it back.
+/// `run`'s side of one-time sequences: when the kernel has spent a line (XK_SPENT),
+/// it is spent in memory (the next line, or none, is loaded) and marked in its file
+/// as soon as the file can be written. A line whose mark could not be written (a
+/// full disk, say) stays spent in memory, also across reloads, and the write is
+/// retried; the kernel's record keeps it closed across a restart meanwhile.
 #[derive(Default)]
 pub struct Spender {
     /// Lines spent but not yet marked in their file.
@@ -130,7 +131,8 @@ pub struct Spender {
 }
 
 impl Spender {
-    /// Spends the line of each one-time sequence among `opened` (by name) in
+    /// Spends the line of each one-time sequence among `opened` (by name: those whose
+    /// line the kernel spent) in
     /// `config`, loading the next one into `config`. Returns whether `config`
     /// changed, so that the caller rewrites the kernel's tables.
     pub fn opened(&mut self, config: &mut Config, opened: &[String]) -> bool {
