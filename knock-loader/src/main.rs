@@ -28,6 +28,14 @@ struct Cli {
     command: Command,
 }
 
+/// `--pin-dir`, shared by every command that works on a running filter.
+#[derive(clap::Args)]
+struct Pins {
+    /// Where `run` pinned the maps (how it is found).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the filter, print events until SIGINT/SIGTERM, then detach.
@@ -51,24 +59,21 @@ enum Command {
     /// `run` logs whether the new config took; an invalid one is refused whole and
     /// the running one stays in force. `xknock check` tells beforehand.
     Reload {
-        /// Where `run` pinned the maps (how it is found).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Remove the filter for good: the links (so nothing filters any more), the
     /// program and the pinned maps with every authorization and progress.
     ///
     /// Refused while an `xknock run` uses them: stop it first.
     Down {
-        /// Where `run` pinned the maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Show sequences, sources in progress, authorized sources and counters.
     Status {
-        /// Where `run` pinned the maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -83,9 +88,8 @@ enum Command {
         /// How long (default: the sequence's open_for), e.g. 30s, 5m.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
-        /// Where `run` pinned the maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Remove ADDR's authorizations (all, or one sequence's) and its kept connections.
     Revoke {
@@ -93,17 +97,15 @@ enum Command {
         addr: IpAddr,
         #[arg(long)]
         sequence: Option<String>,
-        /// Where `run` pinned the maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Lift ADDR's ban (brute-force lockout) and forget its failures.
     Unban {
         /// The source address (IPv4 or IPv6).
         addr: IpAddr,
-        /// Where `run` pinned the maps.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Make the secret of a time-based knock sequence: the server's `secret_file`
     /// and the client's `xknock knock --secret` (the same file on both).
@@ -272,7 +274,9 @@ fn main() {
 fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(opts) => run::run(opts),
-        Command::Reload { pin_dir } => {
+        Command::Reload {
+            pins: Pins { pin_dir },
+        } => {
             let Some(pid) = pins::holder(&pin_dir)? else {
                 bail!("no xknock run is using {}", pin_dir.display());
             };
@@ -284,7 +288,9 @@ fn real_main() -> Result<()> {
             println!("asked xknock run (pid {pid}) to reload; it logs the outcome");
             Ok(())
         }
-        Command::Down { pin_dir } => {
+        Command::Down {
+            pins: Pins { pin_dir },
+        } => {
             let removed = pins::down(&pin_dir)?;
             if removed.is_empty() {
                 println!("nothing of xknock's pinned in {}", pin_dir.display());
@@ -294,7 +300,10 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { pin_dir, json } => {
+        Command::Status {
+            pins: Pins { pin_dir },
+            json,
+        } => {
             let status = Status::read(&State::from_pins(&pin_dir)?)?;
             if json {
                 println!("{}", serde_json::to_string(&status)?);
@@ -307,7 +316,7 @@ fn real_main() -> Result<()> {
             addr,
             sequence,
             duration,
-            pin_dir,
+            pins: Pins { pin_dir },
         } => {
             let mut state = State::from_pins(&pin_dir)?;
             let seq = state.sequence_index(&sequence)?;
@@ -328,7 +337,7 @@ fn real_main() -> Result<()> {
         Command::Revoke {
             addr,
             sequence,
-            pin_dir,
+            pins: Pins { pin_dir },
         } => {
             let mut state = State::from_pins(&pin_dir)?;
             let n = match sequence {
@@ -343,7 +352,10 @@ fn real_main() -> Result<()> {
             println!("revoked {n} authorization(s) of {addr}");
             Ok(())
         }
-        Command::Unban { addr, pin_dir } => {
+        Command::Unban {
+            addr,
+            pins: Pins { pin_dir },
+        } => {
             let was = State::from_pins(&pin_dir)?.unban(addr)?;
             println!(
                 "{addr} {}",
