@@ -575,7 +575,7 @@ pub enum Counter {
     DropUnparsed = 6,
     /// A fragment that could rewrite the L4 header of its first fragment (RFC 1858).
     DropFragment = 7,
-    /// Events the ring buffer had no room for.
+    /// Events a ring (XK_EVENTS or XK_STEP_EVENTS) had no room for.
     EventsLost = 8,
     /// Completed sequences that found the authorization map full.
     AuthFull = 9,

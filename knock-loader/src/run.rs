@@ -147,7 +147,7 @@ impl Output {
 
     /// Prints the kernel's events, the per-packet ones first (so that the knocks of
     /// an open come before it). Nothing depends on them: what they tell is in the
-    /// maps too.
+    /// maps too (`Daemon::spent`, `Events::sweep`).
     fn drain(&self, rings: &mut Rings, rare: &mut RingBuf<aya::maps::MapData>, d: &mut Daemon) {
         let now = d.state.now_ns().unwrap_or_else(|_| crate::clock::monotonic_ns());
         for ring in [&mut rings.steps, rare] {
@@ -159,8 +159,6 @@ impl Output {
                 }
             }
         }
-        // The hint that a one-time line may have been spent.
-        d.spent();
     }
 }
 
@@ -443,6 +441,8 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             guard = ring.readable_mut() => match guard {
                 Ok(mut guard) => {
                     output.drain(&mut rings, guard.get_inner_mut(), &mut d);
+                    // A rare event: perhaps an open that spent a one-time line.
+                    d.spent();
                     guard.clear_ready();
                 }
                 Err(e) => {
@@ -483,6 +483,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             _ = sweep.tick() => {
                 // Kernel events first, so that an open says what its event says.
                 output.drain(&mut rings, ring.get_mut(), &mut d);
+                d.spent();
                 d.finish_reload(&opts, &mut output);
                 match d.live.events.sweep(&mut d.state) {
                     Ok(lines) => lines.into_iter().for_each(|line| output.emit(line)),
@@ -504,6 +505,7 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             _ = sighup.recv() => {
                 // Events so far belong to the old sequence names.
                 output.drain(&mut rings, ring.get_mut(), &mut d);
+                d.spent();
                 if let Ok(xdp) = attach::program(&mut ebpf) {
                     d.reload(&opts, &mut output, &mut ifaces, xdp);
                 }

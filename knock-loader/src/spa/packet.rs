@@ -321,20 +321,26 @@ mod tests {
         );
     }
 
-    /// The README's test vector, for people writing other clients (checked against an
-    /// independent XChaCha20-Poly1305: HChaCha20 by hand, then IETF ChaCha20-Poly1305).
-    #[test]
-    fn the_readme_test_vector() {
+    /// The key, key id and request of the README's test vectors.
+    fn readme_vector() -> (Key, KeyId, Request) {
         let key = Key::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
             .expect("valid key");
         let id: KeyId = "0123456789abcdef".parse().expect("valid id");
-        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
         let request = Request {
             timestamp_ms: 1_790_000_000_000,
             open_for_s: 0,
             addr: None,
             access: vec![Access::Sequence("ssh".into())],
         };
+        (key, id, request)
+    }
+
+    /// The README's test vector, for people writing other clients (checked against an
+    /// independent XChaCha20-Poly1305: HChaCha20 by hand, then IETF ChaCha20-Poly1305).
+    #[test]
+    fn the_readme_test_vector() {
+        let (key, id, request) = readme_vector();
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
         let packet = seal(id, &key, nonce, &request).expect("seals");
         assert_eq!(
             hex::encode(&packet),
@@ -349,18 +355,10 @@ mod tests {
     /// The README's test vector of the check value, and the request sealed with it.
     #[test]
     fn the_readme_check_vector() {
-        let key = Key::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-            .expect("valid key");
-        let id: KeyId = "0123456789abcdef".parse().expect("valid id");
+        let (key, id, request) = readme_vector();
         let check = key.check_key();
         let random: [u8; 16] = std::array::from_fn(|i| 0x40 + i as u8);
         let nonce = checked_nonce(id, &key, random);
-        let request = Request {
-            timestamp_ms: 1_790_000_000_000,
-            open_for_s: 0,
-            addr: None,
-            access: vec![Access::Sequence("ssh".into())],
-        };
         let packet = seal(id, &key, nonce, &request).expect("seals");
         // Checked against an independent SHA-256 and SipHash-2-4 (Python's hashlib
         // and the paper's algorithm).
