@@ -33,3 +33,13 @@ pub fn human(d: Duration) -> String {
     };
     humantime::format_duration(d).to_string()
 }
+
+/// A duration in ns, saturating (the kernel's clock and windows are u64 ns).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A duration in ms, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

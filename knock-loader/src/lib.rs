@@ -1,38 +1,29 @@
-//! xknock's userspace: loading and attaching the XDP program, the configuration, the
-//! maps it shares with the kernel, its events, the knock client, Single Packet
-//! Authorization (`spa`), the commands run on open and close (`commands`), and the
-//! metrics `run` serves (`metrics`).
+//! xknock's userspace, in layers that depend only on the ones above them:
+//!
+//! - basic types: `clock` (the kernel's clock, durations), `net` (ports, protocols,
+//!   addresses), `secret_file` (0600 files never overwritten), `fault` (fault
+//!   injection in debug builds);
+//! - protocols and formats, without I/O beyond their files: `spa` (the SPA wire
+//!   format and keys), `timed` (time-based sequences), `onetime` (one-time sequence
+//!   files), `config` (the TOML, validated whole), `knockd` (`import-knockd`);
+//! - `client`: `xknock knock` and `xknock spa`, which need nothing of the kernel;
+//! - `kernel`: everything that touches the XDP program and its maps (loading, pins,
+//!   adoption, links and interfaces, typed map access);
+//! - `status` (what `xknock status` and the metrics read from the maps), and
+//!   `daemon` (`xknock run`: events, SPA verification, commands, metrics);
+//! - `cli`: the command line, one function per command.
 
-pub mod addr;
-pub mod attach;
-pub mod bpf;
+pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod commands;
 pub mod config;
-pub mod events;
+pub mod daemon;
 pub mod fault;
-pub mod hint;
-pub mod ifaces;
+pub mod kernel;
 pub mod knockd;
-pub mod maps;
-pub mod metrics;
+pub mod net;
 pub mod onetime;
-pub mod pins;
-pub mod reconcile;
-pub mod run;
+pub mod secret_file;
 pub mod spa;
 pub mod status;
 pub mod timed;
-
-/// The XDP program, built by build.rs from the knock-ebpf crate.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
-
-/// An XDP program that passes everything: the baseline benchmarks compare against.
-pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
-
-/// The benchmark's traffic generator (see knock-ebpf/src/bin/xdp_gen.rs).
-pub static GEN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-gen"));
-
-/// The XDP program's name in the object.
-pub const PROGRAM_NAME: &str = "xknock";

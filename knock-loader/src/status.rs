@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     clock::human,
-    config::Knock,
-    maps::{State, sequence_name, unmapped},
+    kernel::maps::{State, sequence_name},
+    net::{Knock, unmapped},
 };
 
 #[derive(Serialize)]

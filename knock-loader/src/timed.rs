@@ -18,8 +18,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::{
-    config::Knock,
-    spa::keys::{read_private, write_private_new},
+    net::Knock,
+    secret_file::{read_private, write_private_new},
 };
 
 /// Knocks a time-based sequence may have: each takes two bytes of the 32 of a MAC,

@@ -6,7 +6,7 @@
 //! public ones, the ephemeral range's edges and random others (what stealth hides).
 
 use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
-use xknock::config::Knock;
+use xknock::net::Knock;
 
 use crate::{frame::Frame, model::Model};
 

@@ -10,7 +10,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use knock_common::{Counter, Event, EventKind};
-use xknock::{attach, config::Config, maps::State};
+use xknock::{config::Config, kernel::load as attach, kernel::maps::State};
 
 use crate::{BpfFs, frame::Frame};
 
@@ -142,7 +142,7 @@ impl Harness {
     pub fn program_mut(&mut self) -> &mut Xdp {
         let prog = self
             .ebpf
-            .program_mut(xknock::PROGRAM_NAME)
+            .program_mut(xknock::kernel::PROGRAM_NAME)
             .expect("the xknock program");
         prog.try_into().expect("an XDP program")
     }
@@ -150,7 +150,7 @@ impl Harness {
     fn program(&self) -> &Xdp {
         let prog = self
             .ebpf
-            .program(xknock::PROGRAM_NAME)
+            .program(xknock::kernel::PROGRAM_NAME)
             .expect("the xknock program");
         prog.try_into().expect("an XDP program")
     }
@@ -188,7 +188,7 @@ impl Harness {
     }
 
     pub fn step(&self, src: &str, seq: u8) -> Option<u8> {
-        let key = xknock::maps::source_key(src.parse().expect("addr"), seq);
+        let key = xknock::net::source_key(src.parse().expect("addr"), seq);
         self.state.progress.get(&key, 0).ok().map(|p| p.step)
     }
 
@@ -199,7 +199,7 @@ impl Harness {
     }
 
     pub fn authorized(&self, src: &str, seq: u8) -> bool {
-        let key = xknock::maps::source_key(src.parse().expect("addr"), seq);
+        let key = xknock::net::source_key(src.parse().expect("addr"), seq);
         let now = self.state.now_ns().expect("clock");
         self.state
             .authorized

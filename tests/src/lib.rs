@@ -19,7 +19,7 @@ use std::{
 
 /// The kernel's 16-byte form of an address written as text.
 pub fn mapped(addr: &str) -> [u8; 16] {
-    xknock::maps::mapped(addr.parse().expect("an IP address"))
+    xknock::net::mapped(addr.parse().expect("an IP address"))
 }
 
 /// A name unique to this process and call: `xk<pid>-<n>` (short, for interface names).

@@ -203,7 +203,7 @@ pub struct Generator {
 
 impl Generator {
     pub fn new() -> Generator {
-        let mut ebpf = Ebpf::load(xknock::GEN_OBJECT).expect("load the generator");
+        let mut ebpf = Ebpf::load(xknock::kernel::GEN_OBJECT).expect("load the generator");
         let prog: &mut Xdp = ebpf
             .program_mut("xdp_gen")
             .expect("xdp_gen")

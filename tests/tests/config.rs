@@ -104,7 +104,7 @@ fn commands_on_open_and_close() {
     .expect("valid");
     let s = &c.sequences[0];
     assert!(s.on_close.is_none());
-    let vars = xknock::commands::Vars {
+    let vars = xknock::config::template::Vars {
         ip: "198.18.0.1",
         sequence: "ssh",
         ports: "22/tcp,443/tcp",

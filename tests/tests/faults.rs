@@ -300,7 +300,7 @@ fn a_process_holding_the_program_is_not_taken_for_run() {
 #[test]
 fn the_expiry_sweep_removes_only_what_is_still_expired() {
     let mut h = Harness::new();
-    let key = xknock::maps::source_key("198.18.0.7".parse().expect("addr"), 0);
+    let key = xknock::net::source_key("198.18.0.7".parse().expect("addr"), 0);
     let now = h.now_ns();
     let auth =
         |expires_ns| knock_common::Authorization::new(now - 1, expires_ns, knock_common::Origin::Knock);

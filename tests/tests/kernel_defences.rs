@@ -407,7 +407,7 @@ fn ipv6_bans_cover_the_whole_prefix_and_unban_takes_any_address_of_it() {
     );
     // One record for the prefix, keyed on its first address; status shows the prefix.
     let bans = h.state.live_bans(h.now_ns());
-    let key = xknock::maps::mapped("fd00:1:2:3::".parse().unwrap());
+    let key = xknock::net::mapped("fd00:1:2:3::".parse().unwrap());
     assert_eq!(bans.keys().copied().collect::<Vec<_>>(), vec![key]);
     let status = xknock::status::Status::read(&h.state).expect("status");
     assert!(status.render().contains("fd00:1:2:3::/64"), "{}", status.render());
@@ -497,7 +497,7 @@ fn stealth_drops_syns_and_datagrams_to_every_port_but_the_public_ones() {
         assert_eq!(h.send(&f), PASS, "{f:?} is public");
     }
     // Replies to the host's own connections: TCP without SYN, UDP to its ephemeral ports.
-    let (low, high) = xknock::addr::local_port_range();
+    let (low, high) = xknock::net::local_port_range();
     for port in [low, high, low / 2 + high / 2] {
         assert_eq!(h.send(&Frame::udp(A, port)), PASS, "{port}/udp is ephemeral");
         assert_eq!(

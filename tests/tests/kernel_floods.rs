@@ -8,8 +8,8 @@ use std::{path::Path, time::Duration};
 use knock_common::{Counter, EventKind, OneTimeId, OpenFailure, Origin};
 use xknock::{
     config::Config,
-    events::{EventLine, Events},
-    maps::source_key,
+    daemon::events::{EventLine, Events},
+    net::source_key,
 };
 use xknock_tests::{
     frame::Frame,

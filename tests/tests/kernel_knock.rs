@@ -320,7 +320,7 @@ protect = ["3333/tcp"]
 fn the_authorization_hint_counts_what_the_kernel_and_the_loader_add_and_remove() {
     let mut h = Harness::new();
     let hint = |h: &Harness, src: &str| {
-        let addr = xknock::maps::mapped(src.parse().expect("addr"));
+        let addr = xknock::net::mapped(src.parse().expect("addr"));
         h.state.auth_hint.get(&addr)
     };
     assert_eq!(hint(&h, A), 0);
@@ -337,7 +337,7 @@ fn the_authorization_hint_counts_what_the_kernel_and_the_loader_add_and_remove()
     assert_eq!(h.send(&Frame::syn(A, 22)), DROP);
 
     // An authorization written behind the hint's back, as an older program would.
-    let key = xknock::maps::source_key(B.parse().expect("addr"), SSH);
+    let key = xknock::net::source_key(B.parse().expect("addr"), SSH);
     let auth = knock_common::Authorization::new(
         h.now_ns(),
         h.now_ns() + 60_000_000_000,

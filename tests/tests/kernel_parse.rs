@@ -232,7 +232,10 @@ fn the_verifier_has_headroom() {
 #[test]
 fn the_benchmark_programs_load() {
     xknock_tests::require_root();
-    for (object, name) in [(xknock::PASS_OBJECT, "xdp_pass"), (xknock::GEN_OBJECT, "xdp_gen")] {
+    for (object, name) in [
+        (xknock::kernel::PASS_OBJECT, "xdp_pass"),
+        (xknock::kernel::GEN_OBJECT, "xdp_gen"),
+    ] {
         let mut ebpf = aya::Ebpf::load(object).unwrap_or_else(|e| panic!("{name} object: {e}"));
         let prog: &mut aya::programs::Xdp = ebpf
             .program_mut(name)

@@ -8,9 +8,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use xknock::spa::{
-    ClientKey, Key,
-    client::{request, seal},
+use xknock::{
+    client::spa::{request, seal},
+    spa::{ClientKey, Key},
 };
 use xknock_tests::{
     netns::in_netns,

@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::template::Template;
 use super::{CommandLimits, parse::Source};
-use crate::commands::Template;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

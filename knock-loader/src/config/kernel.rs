@@ -16,7 +16,8 @@ use knock_common::{
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Config, EventLimits, Knock, Sequence, nanos};
+use super::{Config, EventLimits, Knock, Sequence};
+use crate::clock::nanos;
 
 impl Config {
     /// The kernel's sequence slots at `now`: each configured sequence at its index,

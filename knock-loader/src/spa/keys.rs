@@ -2,16 +2,9 @@
 //! which key to try, both written as hex; random ones for `xknock keygen`; and the
 //! client's key file that `xknock spa --key` reads.
 
-use std::{
-    fmt,
-    fs::{File, OpenOptions},
-    io::{Read as _, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::Path,
-    str::FromStr,
-};
+use std::{fmt, path::Path, str::FromStr};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use chacha20poly1305::{KeyInit as _, XChaCha20Poly1305};
 use hex::FromHex as _;
 use serde::{Deserialize, Serialize};
@@ -19,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use knock_common::SpaCheckKey;
 
 use super::DEFAULT_PORT;
+use crate::secret_file::{read_private, write_private_new};
 
 /// The public name of a client's key, sent in the clear at the start of every request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,50 +209,9 @@ impl ClientKey {
     }
 }
 
-/// Writes `text` to a new file of mode 0600 (a key or a secret); an existing file is
-/// never overwritten.
-pub(crate) fn write_private_new(path: &Path, text: &str) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (an existing file is never overwritten)",
-                path.display()
-            )
-        })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Reads a secret file, refusing it when group or others may read or write it.
-pub(crate) fn read_private(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read key file {}", path.display()))?;
-    let mode = file
-        .metadata()
-        .with_context(|| format!("cannot read key file {}", path.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "key file {} is open to other users (mode {mode:04o}): chmod 600 {}",
-            path.display(),
-            path.display()
-        );
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::fs;
+    use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
 

@@ -3,7 +3,10 @@
 //! client's key with the header as associated data. All integers are little-endian.
 //! Parsing reads through a bounds-checked cursor, so no input can make it panic.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Result, bail};
 use chacha20poly1305::{
@@ -15,7 +18,10 @@ use knock_common::{PROTO_TCP, PROTO_UDP, SPA_MAX_PAYLOAD};
 use super::keys::{Key, KeyId};
 use knock_common::SPA_KEY_ID_LEN;
 
-use crate::{config::Knock, maps::mapped};
+use crate::{
+    clock::millis,
+    net::{Knock, mapped},
+};
 
 pub const VERSION: u8 = knock_common::SPA_VERSION;
 pub const NONCE_LEN: usize = 24;
@@ -50,6 +56,15 @@ pub enum Access {
     Sequence(String),
     /// Every permitted sequence that protects this port.
     Port(Knock),
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Sequence(name) => f.write_str(name),
+            Access::Port(k) => k.fmt(f),
+        }
+    }
 }
 
 /// The clear header of a packet.
@@ -238,6 +253,11 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Option<u8> {
         Some(self.array::<1>()?[0])
     }
+}
+
+/// Unix time in ms (0 before 1970).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ impl Daemon {
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|id| id.parse().ok());
-            let pinned = ProgramInfo::from_pin(xknock::attach::program_pin(&self.pin_dir)).ok();
+            let pinned = ProgramInfo::from_pin(xknock::kernel::pins::PinDir(&self.pin_dir).program()).ok();
             if let (Some(attached), Some(pinned)) = (attached, pinned) {
                 assert_eq!(
                     attached,
@@ -123,7 +123,8 @@ impl Daemon {
 
     /// The program's statistics now (run time, run count).
     fn stats(&self) -> (Duration, u64) {
-        let info = ProgramInfo::from_pin(xknock::attach::program_pin(&self.pin_dir)).expect("run's program");
+        let info = ProgramInfo::from_pin(xknock::kernel::pins::PinDir(&self.pin_dir).program())
+            .expect("run's program");
         (info.run_time(), info.run_count())
     }
 
@@ -173,7 +174,7 @@ impl Drop for Daemon {
             .args(["down", "--pin-dir"])
             .arg(&self.pin_dir)
             .output();
-        let _ = std::fs::remove_file(xknock::pins::lock_path(&self.pin_dir));
+        let _ = std::fs::remove_file(xknock::kernel::pins::PinDir(&self.pin_dir).lock());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

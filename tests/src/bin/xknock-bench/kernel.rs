@@ -45,7 +45,7 @@ fn prepare(h: &mut Harness, n: u32) {
     let now = h.state.now_ns().expect("clock");
     for i in 0..n {
         let addr = std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
-        let key = xknock::maps::source_key(addr.into(), 0);
+        let key = xknock::net::source_key(addr.into(), 0);
         let progress = Progress {
             first_ns: now,
             last_ns: now,

@@ -114,7 +114,7 @@ fn xknock_rows(rows: &mut Vec<Row>, h: Harness, runs: &[(&str, u32, u32)]) {
             let mut h = h.borrow_mut();
             let _ = h.state.revoke(client, None);
             // Absent (no partial progress) is fine.
-            let _ = h.state.progress.remove(&xknock::maps::source_key(client, 0));
+            let _ = h.state.progress.remove(&xknock::net::source_key(client, 0));
         },
     };
     for (name, copies, per_source) in runs {

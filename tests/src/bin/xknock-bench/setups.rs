@@ -39,7 +39,7 @@ authorized = 1048640
 /// Loads a fresh empty program (each live run attaches its own); `empty_program`
 /// finds it in the object.
 pub fn load_empty_program() -> Ebpf {
-    let mut ebpf = Ebpf::load(xknock::PASS_OBJECT).expect("load the empty program");
+    let mut ebpf = Ebpf::load(xknock::kernel::PASS_OBJECT).expect("load the empty program");
     empty_program(&mut ebpf).load().expect("the empty program loads");
     ebpf
 }

@@ -1,8 +1,88 @@
-//! Address facts every part of userspace agrees on: which sources are martians (never
-//! authorized), how IPv6 bans group addresses by prefix, and the host's ephemeral
-//! port range.
+//! Ports, protocols and addresses, and how every part of userspace writes them: a
+//! knock or protected port (`PORT/tcp`), the kernel's 16-byte address form, which
+//! sources are martians (never authorized), how IPv6 bans group addresses by prefix,
+//! and the host's ephemeral port range.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+    str::FromStr,
+};
+
+use knock_common::{PROTO_TCP, PROTO_UDP, PortProto, SourceKey};
+
+/// A protocol's name as written in configs and shown in events: `tcp` or `udp`.
+pub fn proto_name(proto: u8) -> &'static str {
+    if proto == PROTO_UDP { "udp" } else { "tcp" }
+}
+
+/// The protocol number of `tcp` or `udp`.
+pub fn parse_proto(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(PROTO_TCP),
+        "udp" => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Knock {
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl FromStr for Knock {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, proto) = match s.split_once('/') {
+            Some((port, name)) => match parse_proto(name) {
+                Some(proto) => (port, proto),
+                None => return Err(format!("unknown protocol {name:?} in {s:?}: use tcp or udp")),
+            },
+            None => (s, PROTO_TCP),
+        };
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(Knock { port, proto }),
+            _ => Err(format!(
+                "{s:?} is not PORT/tcp or PORT/udp with PORT from 1 to 65535"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Knock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, proto_name(self.proto))
+    }
+}
+
+impl From<Knock> for PortProto {
+    fn from(k: Knock) -> Self {
+        PortProto::new(k.port, k.proto)
+    }
+}
+
+/// The kernel's 16-byte form of an address: IPv4 as `::ffff:a.b.c.d`.
+pub fn mapped(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a kernel key stands for, IPv4 shown as IPv4.
+pub fn unmapped(addr: [u8; 16]) -> IpAddr {
+    Ipv6Addr::from(addr).to_canonical()
+}
+
+pub fn source_key(addr: IpAddr, seq: u8) -> SourceKey {
+    SourceKey {
+        addr: mapped(addr),
+        seq,
+        _pad: [0; 3],
+    }
+}
 
 /// Loopback, unspecified, multicast and broadcast addresses, and IPv4 0.0.0.0/8: no
 /// peer sends from there, so none is ever authorized (the kernel ignores their knocks,
@@ -91,8 +171,7 @@ mod tests {
 
     #[test]
     fn ban_keys_cut_ipv6_to_the_prefix_and_keep_ipv4_whole() {
-        let key =
-            |a: &str, p| Ipv6Addr::from(ban_key(crate::maps::mapped(a.parse().unwrap()), p)).to_string();
+        let key = |a: &str, p| Ipv6Addr::from(ban_key(mapped(a.parse().unwrap()), p)).to_string();
         assert_eq!(key("fd00:1:2:3:4:5:6:7", 64), "fd00:1:2:3::");
         assert_eq!(key("fd00:1:2:3:4:5:6:7", 128), "fd00:1:2:3:4:5:6:7");
         assert_eq!(key("fd00:1:2:3:4:5:6:7", 48), "fd00:1:2::");

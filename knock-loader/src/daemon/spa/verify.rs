@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -13,13 +13,16 @@ use chacha20poly1305::XChaCha20Poly1305;
 
 use super::{
     Grant, Rejection,
-    keys::KeyId,
-    packet::{self, Access, Request},
     replay::{RecordError, ReplayCache},
 };
 use crate::{
-    clock::human,
-    config::{Config, Knock},
+    clock::{human, millis},
+    config::Config,
+    net::Knock,
+    spa::{
+        keys::KeyId,
+        packet::{self, Access, Request, unix_ms},
+    },
 };
 
 /// Checks SPA requests against the config's `[spa]` clients, remembering nonces in
@@ -266,20 +269,12 @@ impl Client {
     }
 }
 
-/// Unix time in ms (0 before 1970).
-pub(super) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
         net::{Ipv4Addr, Ipv6Addr},
         path::Path,
+        time::UNIX_EPOCH,
     };
 
     use chacha20poly1305::aead::{Aead as _, Payload};
@@ -941,5 +936,48 @@ mod tests {
                 f64::from(n) / took.as_secs_f64()
             );
         }
+    }
+
+    #[test]
+    fn a_request_sent_over_loopback_is_granted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = crate::spa::ClientKey {
+            server: None,
+            port: 0,
+            key_id: "0123456789abcdef".parse().expect("valid id"),
+            key: crate::spa::Key::random().expect("rng"),
+        };
+        let text = format!(
+            "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000\", \"8000\"]\nprotect = [\"22/tcp\"]\n\
+             [spa]\nreplay_file = \"{}\"\n{}",
+            dir.path().join("replay").display(),
+            key.server_stanza("alice", &["ssh".into()])
+        );
+        let config = Config::parse(std::path::Path::new("test.toml"), &text).expect("valid");
+        let mut verifier = Verifier::new(&config).expect("loads").expect("[spa] given");
+
+        let server = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let now = SystemTime::now();
+        let r = crate::client::spa::request(
+            vec![Access::Sequence("ssh".into())],
+            Some(Duration::from_secs(60)),
+            None,
+            now,
+        )
+        .expect("valid");
+        crate::client::spa::send(
+            server.local_addr().expect("bound"),
+            &crate::client::spa::seal(&key, &r).expect("seals"),
+        )
+        .expect("sent");
+        let mut buf = [0; 2048];
+        let (n, from) = server.recv_from(&mut buf).expect("received");
+        let grant = verifier.verify(from.ip(), &buf[..n], now).expect("granted");
+        assert_eq!(
+            (grant.client.as_str(), grant.addr, grant.sequences, grant.open_for),
+            ("alice", from.ip(), vec![0], Duration::from_secs(60))
+        );
+        let twice = crate::client::spa::seal(&key, &r).expect("seals");
+        assert_ne!(twice[9..33], buf[9..33], "every request has a nonce of its own");
     }
 }

@@ -20,12 +20,14 @@ use knock_common::{
 };
 use serde::Serialize;
 
+use super::spa::Rejection;
 use crate::{
-    clock,
-    config::nanos,
-    maps::{State, sequence_name, unmapped},
-    reconcile::Dropped,
-    spa::Rejection,
+    clock::{self, nanos},
+    kernel::{
+        maps::{State, sequence_name},
+        reconcile::Dropped,
+    },
+    net::unmapped,
 };
 
 /// One output line. Field names are the public contract (SPEC.md, Events).

@@ -2,7 +2,7 @@
 //! or from the pins another process left (`status`, `allow`, `revoke`).
 
 use std::{
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -25,7 +25,9 @@ use knock_common::{
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
-use crate::{clock, config::Config, hint::AuthHint};
+use super::{hint::AuthHint, pins::PinDir};
+use crate::net::{mapped, source_key, unmapped};
+use crate::{clock, config::Config};
 
 pub struct State {
     pub sequences: Array<MapData, SequenceConfig>,
@@ -62,7 +64,7 @@ impl State {
     /// Opens the maps a running (or crashed) `xknock run` pinned under `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<State> {
         let mut open = |name: &str| {
-            let path = pin_dir.join(name);
+            let path = PinDir(pin_dir).map(name);
             let data = MapData::from_pin(&path).with_context(|| {
                 format!(
                     "cannot open pinned map {} (is `xknock run` running with --pin-dir {}?)",
@@ -114,7 +116,7 @@ impl State {
     /// Drives the policy clock by hand (tests only): `Some(t)` freezes it at `t`.
     pub fn set_test_clock(&mut self, now: Option<Duration>) -> Result<()> {
         let mut s = self.settings()?;
-        s.test_now_ns = now.map_or(0, crate::config::nanos);
+        s.test_now_ns = now.map_or(0, crate::clock::nanos);
         self.settings
             .set(0, &s, 0)
             .context("cannot write the settings map")
@@ -213,7 +215,7 @@ impl State {
                 .context("cannot write the sequence map")?;
         }
         let rules = config.port_rules(now);
-        let background = config.background(crate::addr::local_port_range());
+        let background = config.background(crate::net::local_port_range());
         // What the unused entries hold now: known when this State wrote them, or
         // when no stealth bits can be there (only the old strict mask, then).
         let mut settings = self.settings()?;
@@ -355,7 +357,7 @@ impl State {
     pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
         refuse_martian(addr)?;
         let now = self.now_ns()?;
-        let expires_ns = now.saturating_add(crate::config::nanos(duration));
+        let expires_ns = now.saturating_add(crate::clock::nanos(duration));
         let auth = Authorization::new(now, expires_ns, Origin::Allow);
         self.authorize(&source_key(addr, seq), &auth)
     }
@@ -417,7 +419,7 @@ impl State {
     pub fn ban_key(&self, addr: IpAddr) -> Result<SourceAddr> {
         let prefix = self.settings()?.ban_ipv6_prefix;
         Ok(SourceAddr {
-            addr: crate::addr::ban_key(mapped(addr), prefix),
+            addr: crate::net::ban_key(mapped(addr), prefix),
         })
     }
 
@@ -446,7 +448,7 @@ impl State {
 
 /// An error for a martian source, which is never authorized.
 fn refuse_martian(addr: IpAddr) -> Result<()> {
-    if crate::addr::is_martian(addr) {
+    if crate::net::is_martian(addr) {
         anyhow::bail!(
             "{addr} is a loopback, unspecified, multicast or broadcast address: no peer sends from it, so it is never authorized"
         );
@@ -457,27 +459,6 @@ fn refuse_martian(addr: IpAddr) -> Result<()> {
 pub fn sequence_name(c: &SequenceConfig) -> String {
     let len = c.name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
     String::from_utf8_lossy(&c.name[..len]).into_owned()
-}
-
-/// The kernel's 16-byte form of an address: IPv4 as `::ffff:a.b.c.d`.
-pub fn mapped(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The address a kernel key stands for, IPv4 shown as IPv4.
-pub fn unmapped(addr: [u8; 16]) -> IpAddr {
-    Ipv6Addr::from(addr).to_canonical()
-}
-
-pub fn source_key(addr: IpAddr, seq: u8) -> SourceKey {
-    SourceKey {
-        addr: mapped(addr),
-        seq,
-        _pad: [0; 3],
-    }
 }
 
 /// BPF_MAP_LOOKUP_AND_DELETE_ELEM: removes `key` and returns the value removed, in
@@ -504,7 +485,7 @@ fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, key
     };
     // SAFETY: BPF_MAP_LOOKUP_AND_DELETE_ELEM's attributes; key and value point to
     // buffers of the map's key and value sizes, alive for the call.
-    match unsafe { crate::bpf::call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr) } {
+    match unsafe { crate::kernel::bpf::call(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &attr) } {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e).context("cannot remove an authorization"),

@@ -1,6 +1,12 @@
 //! `xknock run`: load (adopting pinned state), configure, attach, print events;
 //! reload on SIGHUP; on SIGINT/SIGTERM detach, or leave the filter in place.
 
+pub mod commands;
+pub mod events;
+pub mod metrics;
+pub mod onetime;
+pub mod spa;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -15,18 +21,21 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    attach,
+use self::{
     commands::Commands,
-    config::{Config, XdpMode},
     events::{EventLine, Events, Suppression},
-    ifaces::{Interfaces, LinkEvents},
-    maps::State,
-    metrics,
     onetime::Spender,
-    pins::{Pinned, RunLock},
-    reconcile::Carried,
-    spa::{self, Verifier},
+    spa::Verifier,
+};
+use crate::{
+    config::{Config, XdpMode},
+    kernel::{
+        ifaces::{Interfaces, LinkEvents},
+        load as attach,
+        maps::State,
+        pins::{Pinned, RunLock},
+        reconcile::Carried,
+    },
 };
 
 /// How often authorizations are checked for expiry (the lateness of `close` events).

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{keys::KeyId, packet::NONCE_LEN};
+use crate::spa::{keys::KeyId, packet::NONCE_LEN};
 
 /// Entries the cache holds at most: accepted requests within one window. Only key
 /// holders can add entries, so reaching it means a client misbehaves; requests are then

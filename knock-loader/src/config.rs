@@ -6,24 +6,23 @@ mod commands;
 mod kernel;
 mod parse;
 mod spa;
+pub mod template;
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
-use knock_common::{PROTO_TCP, PROTO_UDP, PortProto};
 use serde::Deserialize;
 
+pub use crate::net::Knock;
 use crate::{
-    commands::Template,
     spa::{Key, KeyId},
     timed::TimedSecret,
 };
+use template::Template;
 
 pub use kernel::{Background, rule_index};
 pub use parse::parse_tcp_flags;
@@ -42,44 +41,6 @@ pub enum XdpMode {
     Native,
     /// Generic (skb) mode: works everywhere, costs more.
     Skb,
-}
-
-/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Knock {
-    pub port: u16,
-    pub proto: u8,
-}
-
-impl FromStr for Knock {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (port, proto) = match s.split_once('/') {
-            Some((port, "tcp")) => (port, PROTO_TCP),
-            Some((port, "udp")) => (port, PROTO_UDP),
-            Some((_, other)) => return Err(format!("unknown protocol {other:?} in {s:?}: use tcp or udp")),
-            None => (s, PROTO_TCP),
-        };
-        match port.parse::<u16>() {
-            Ok(port) if port != 0 => Ok(Knock { port, proto }),
-            _ => Err(format!(
-                "{s:?} is not PORT/tcp or PORT/udp with PORT from 1 to 65535"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Knock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = if self.proto == PROTO_UDP { "udp" } else { "tcp" };
-        write!(f, "{}/{proto}", self.port)
-    }
-}
-
-impl From<Knock> for PortProto {
-    fn from(k: Knock) -> Self {
-        PortProto::new(k.port, k.proto)
-    }
 }
 
 /// One validated sequence.
@@ -283,6 +244,38 @@ pub fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
+    use super::*;
+
+    /// Writes a one-time file as its owner would: mode 0600.
+    fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+        fs::write(path, text)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+    }
+
+    #[test]
+    fn a_later_line_on_a_protected_port_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("otp");
+        write_private(
+            &path,
+            "1000,2000
+3000,22
+",
+        )
+        .expect("write");
+        let toml = format!(
+            "[[sequence]]\nname = \"door\"\none_time_sequences = \"{}\"\nprotect = [\"22/tcp\"]\n",
+            path.display()
+        );
+        let e = Config::parse(Path::new("x.toml"), &toml).expect_err("line 2 knocks on 22");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("otp:2: 22/tcp is protected by sequence \"door\""),
+            "{e}"
+        );
+    }
 }

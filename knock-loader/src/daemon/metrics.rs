@@ -29,7 +29,8 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::{commands::Stats, maps::State, status};
+use super::commands::Stats;
+use crate::{kernel::maps::State, status};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// A client that has not sent its request headers by then is dropped.

@@ -14,8 +14,6 @@ use aya::{
 };
 use knock_common::{LAYOUT_VERSION, Meta, map_names};
 
-use crate::attach;
-
 /// What is pinned in a directory before `run` loads.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pinned {
@@ -30,7 +28,7 @@ pub enum Pinned {
 pub fn check(pin_dir: &Path) -> Result<Pinned> {
     let present: Vec<&str> = map_names::ALL
         .into_iter()
-        .filter(|name| pin_dir.join(name).exists())
+        .filter(|name| PinDir(pin_dir).map(name).exists())
         .collect();
     if present.is_empty() {
         return Ok(Pinned::Nothing);
@@ -70,7 +68,7 @@ pub fn check(pin_dir: &Path) -> Result<Pinned> {
 }
 
 fn read_meta(pin_dir: &Path) -> Result<Meta> {
-    let path = pin_dir.join(map_names::META);
+    let path = PinDir(pin_dir).map(map_names::META);
     let map = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let meta: Array<MapData, Meta> = Array::try_from(Map::from_map_data(map)?)
         .with_context(|| format!("{} is not xknock's", path.display()))?;
@@ -105,27 +103,60 @@ fn text(bytes: &[u8]) -> String {
 /// about running processes, and go with a reboot as those do).
 pub const LOCK_DIR: &str = "/run/xknock";
 
-/// The lock file of `pin_dir`: named after the directory's absolute path, as
-/// systemd escapes paths (`/sys/fs/bpf/xknock` is `sys-fs-bpf-xknock.lock`).
-pub fn lock_path(pin_dir: &Path) -> PathBuf {
-    let absolute = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
-    let mut name = String::new();
-    for part in absolute.components().filter_map(|c| match c {
-        std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-        _ => None,
-    }) {
-        if !name.is_empty() {
-            name.push('-');
-        }
-        for b in part.bytes() {
-            if b.is_ascii_alphanumeric() || b == b'_' || (b == b'.' && !name.is_empty()) {
-                name.push(b as char);
-            } else {
-                name.push_str(&format!("\\x{b:02x}"));
+/// Names every pin xknock makes under a pin directory: the program, a link per
+/// interface and the maps (aya pins each map under its name), and the lock that
+/// keeps one `run` per directory (not on bpffs).
+#[derive(Clone, Copy, Debug)]
+pub struct PinDir<'a>(pub &'a Path);
+
+/// The program's pin, in the pin directory.
+pub const PROGRAM_PIN: &str = "xknock_prog";
+const LINK_PREFIX: &str = "link_";
+
+impl PinDir<'_> {
+    /// Where the program is pinned.
+    pub fn program(self) -> PathBuf {
+        self.0.join(PROGRAM_PIN)
+    }
+
+    /// Where the link to `iface` is pinned.
+    pub fn link(self, iface: &str) -> PathBuf {
+        self.0.join(format!("{LINK_PREFIX}{iface}"))
+    }
+
+    /// Where map `name` (one of `map_names::ALL`) is pinned.
+    pub fn map(self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Whether a file in the directory is one xknock pins.
+    pub fn is_ours(name: &str) -> bool {
+        name.starts_with(LINK_PREFIX) || name == PROGRAM_PIN || map_names::ALL.contains(&name)
+    }
+
+    /// The lock file of the directory `run` holds: named after the directory's absolute path, as
+    /// systemd escapes paths (`/sys/fs/bpf/xknock` is `sys-fs-bpf-xknock.lock`).
+    pub fn lock(self) -> PathBuf {
+        let pin_dir = self.0;
+        let absolute = std::path::absolute(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+        let mut name = String::new();
+        for part in absolute.components().filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        }) {
+            if !name.is_empty() {
+                name.push('-');
+            }
+            for b in part.bytes() {
+                if b.is_ascii_alphanumeric() || b == b'_' || (b == b'.' && !name.is_empty()) {
+                    name.push(b as char);
+                } else {
+                    name.push_str(&format!("\\x{b:02x}"));
+                }
             }
         }
+        Path::new(LOCK_DIR).join(format!("{name}.lock"))
     }
-    Path::new(LOCK_DIR).join(format!("{name}.lock"))
 }
 
 /// One `run` (or `down`) per pin directory at a time: an exclusive `flock` on the
@@ -143,7 +174,7 @@ impl RunLock {
     /// lets go within a moment (a `run` that was just stopped) is waited for.
     pub fn take(pin_dir: &Path, what: &str) -> Result<RunLock> {
         use std::io::{Seek as _, Write as _};
-        let path = lock_path(pin_dir);
+        let path = PinDir(pin_dir).lock();
         fs::create_dir_all(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -177,7 +208,7 @@ impl RunLock {
 
 /// The pid of the `run` holding `pin_dir`'s lock, or `None` when nobody holds it.
 pub fn holder(pin_dir: &Path) -> Result<Option<u32>> {
-    let path = lock_path(pin_dir);
+    let path = PinDir(pin_dir).lock();
     let file = match fs::File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -226,9 +257,7 @@ pub fn down(pin_dir: &Path) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", pin_dir.display())),
     };
-    let ours = |name: &str| {
-        name.starts_with("link_") || name == attach::PROGRAM_PIN || map_names::ALL.contains(&name)
-    };
+    let ours = |name: &str| PinDir::is_ours(name);
     let mut paths: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_name().to_str().is_some_and(ours))

@@ -21,7 +21,7 @@ use knock_common::{Authorization, SequenceConfig, SourceKey};
 use crate::{
     config::{Config, Sequence},
     fault,
-    maps::{State, sequence_name},
+    kernel::maps::{State, sequence_name},
 };
 
 /// An authorization dropped because its sequence is no longer configured.

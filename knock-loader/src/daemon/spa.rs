@@ -1,33 +1,61 @@
-//! Single Packet Authorization: one UDP datagram, sealed with XChaCha20-Poly1305 under
-//! a key of each client's own, asks the server to open sequences' protected ports for
-//! an address. The XDP program drops every packet to the SPA port and passes its
-//! payload to `xknock run`, whose [`Verifier`] turns it into a [`Grant`] or a
-//! [`Rejection`].
-//!
-//! `packet` is the wire format, `keys` the keys and the client's key file, `replay` the
-//! nonces already seen, `verify` the checks in order, `client` the sending side.
+//! `run`'s side of SPA: each request the kernel handed over is verified, and a granted
+//! one authorizes its address exactly as a completed knock sequence would (the same
+//! map, the same `open` event, the same kept connections).
 
-pub mod client;
-pub mod keys;
-pub mod packet;
 mod replay;
-mod serve;
 mod verify;
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{
+    fmt,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
-pub use keys::{ClientKey, Key, KeyId, read_key_file};
-pub use knock_common::SPA_MAX_PAYLOAD;
-pub use packet::{Access, Request};
+use knock_common::{Authorization, Origin, SPA_MAX_PAYLOAD, SpaRequest};
+
 pub use replay::MAX_ENTRIES as REPLAY_CACHE_ENTRIES;
-pub use serve::serve;
 pub use verify::Verifier;
 
-use crate::clock::human;
+use crate::{
+    clock::{human, nanos},
+    daemon::events::{EventLine, Events},
+    kernel::maps::State,
+    net::{source_key, unmapped},
+};
 
-/// fwknop's port, so firewalls already configured for SPA let requests through.
-pub const DEFAULT_PORT: u16 = 62201;
-pub const DEFAULT_REPLAY_FILE: &str = "/var/lib/xknock/spa-replay";
+/// Verifies `request` and authorizes what it was granted; returns the events.
+pub fn serve(
+    request: &SpaRequest,
+    verifier: &mut Verifier,
+    state: &mut State,
+    events: &mut Events,
+) -> Vec<EventLine> {
+    let len = (request.len as usize).min(SPA_MAX_PAYLOAD);
+    let payload = request.payload.get(..len).unwrap_or_default();
+    let grant = match verifier.verify(unmapped(request.addr), payload, SystemTime::now()) {
+        Ok(grant) => grant,
+        Err(rejection) => {
+            return vec![events.spa_rejected(request.addr, rejection.reason(), rejection.to_string())];
+        }
+    };
+    let now_ns = match state.now_ns() {
+        Ok(now) => now,
+        Err(e) => return vec![events.spa_rejected(request.addr, "error", format!("{e:#}"))],
+    };
+    let expires_ns = now_ns.saturating_add(nanos(grant.open_for));
+    let auth = Authorization::new(now_ns, expires_ns, Origin::Spa);
+    grant
+        .sequences
+        .iter()
+        .map(|seq| {
+            let key = source_key(grant.addr, *seq);
+            match state.authorize(&key, &auth) {
+                Ok(()) => events.spa_open(key, &auth, grant.open_for, &grant.client),
+                Err(e) => events.open_failed(key, format!("{e:#}")),
+            }
+        })
+        .collect()
+}
 
 /// An accepted request: open `sequences` for `addr` for `open_for`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::{
     ffi::CString,
     fs,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -18,11 +18,13 @@ use aya::{
 };
 use knock_common::map_names;
 
+use super::{
+    EBPF_OBJECT, PROGRAM_NAME, bpf, hint,
+    pins::{self, PinDir, Pinned},
+};
 use crate::{
-    EBPF_OBJECT, PROGRAM_NAME, bpf,
     config::{Limits, XdpMode},
-    fault, hint,
-    pins::{self, Pinned},
+    fault,
 };
 
 /// bpffs's magic number (statfs f_type).
@@ -112,19 +114,6 @@ pub fn attach(xdp: &mut Xdp, iface: &str, mode: XdpMode) -> Result<(XdpLinkId, &
     }
 }
 
-/// The program's pin, in the pin directory.
-pub const PROGRAM_PIN: &str = "xknock_prog";
-
-/// Where the program is pinned.
-pub fn program_pin(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(PROGRAM_PIN)
-}
-
-/// Where the link to `iface` is pinned.
-pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(format!("link_{iface}"))
-}
-
 /// Attaches to `iface` and pins the link, so that filtering goes on if this process
 /// dies. If a link is already pinned there (an earlier `run`, this version or
 /// another), the program behind it is replaced in one update and the link stays
@@ -136,7 +125,7 @@ pub fn attach_pinned(
     iface: &str,
     mode: XdpMode,
 ) -> Result<(PinnedLink, String)> {
-    let path = link_pin(pin_dir, iface);
+    let path = PinDir(pin_dir).link(iface);
     if path.exists() {
         update_link(xdp, &path).with_context(|| {
             format!("cannot replace the program on {iface}: the program it had goes on filtering")
@@ -215,7 +204,7 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd> {
 
 /// Pins the program (replacing the pin of an earlier `run`'s program).
 pub fn pin_program(xdp: &mut Xdp, pin_dir: &Path) -> Result<()> {
-    let path = program_pin(pin_dir);
+    let path = PinDir(pin_dir).program();
     if path.exists() {
         fs::remove_file(&path)
             .with_context(|| format!("cannot remove the old program pin {}", path.display()))?;

@@ -10,8 +10,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fmt,
-    path::Path,
     process::Stdio,
     sync::{
         Arc, Mutex,
@@ -24,102 +22,16 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 
 use crate::{
     clock::human,
-    config::{CommandLimits, Config},
-    events::EventLine,
+    config::{
+        CommandLimits, Config,
+        template::{Template, Vars},
+    },
+    daemon::events::EventLine,
+    net::is_martian,
 };
-
-/// What a template may contain, replaced when the command runs.
-pub const PLACEHOLDERS: [&str; 3] = ["%IP%", "%SEQUENCE%", "%PORTS%"];
 
 /// Longer output lines are logged in pieces of this many bytes.
 const MAX_LINE: u64 = 4096;
-
-/// A command line split into arguments, placeholders still in them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Template {
-    text: String,
-    argv: Vec<String>,
-}
-
-impl Template {
-    /// Splits `text` with shell quoting rules. The program must be an absolute path
-    /// (there is no PATH lookup) with no placeholder in it.
-    pub fn parse(text: &str) -> Result<Template, String> {
-        if text.contains('\0') {
-            return Err("contains a NUL byte".into());
-        }
-        let argv = shlex::split(text).ok_or_else(|| {
-            format!("{text:?} cannot be split into arguments (an unclosed quote or a trailing backslash?)")
-        })?;
-        let Some(program) = argv.first() else {
-            return Err("empty: give the absolute path of a program, then its arguments".into());
-        };
-        if PLACEHOLDERS.iter().any(|p| program.contains(p)) {
-            return Err(format!(
-                "{program:?}: the program must be a fixed path; placeholders go in its arguments"
-            ));
-        }
-        if !Path::new(program).is_absolute() {
-            return Err(format!(
-                "{program:?} is not an absolute path (commands run without a shell, so without PATH)"
-            ));
-        }
-        Ok(Template {
-            text: text.into(),
-            argv,
-        })
-    }
-
-    pub fn program(&self) -> &str {
-        &self.argv[0]
-    }
-
-    /// The arguments with the placeholders replaced: as many as the template has.
-    pub fn argv(&self, vars: &Vars) -> Vec<String> {
-        self.argv.iter().map(|a| substitute(a, vars)).collect()
-    }
-}
-
-impl fmt::Display for Template {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// The values of the placeholders for one event.
-pub struct Vars<'a> {
-    pub ip: &'a str,
-    pub sequence: &'a str,
-    pub ports: &'a str,
-}
-
-/// Replaces the placeholders in one argument, in a single pass, so that a value that
-/// happens to contain a placeholder is not expanded again.
-pub fn substitute(arg: &str, vars: &Vars) -> String {
-    let values = [vars.ip, vars.sequence, vars.ports];
-    let mut out = String::with_capacity(arg.len());
-    let mut rest = arg;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        match PLACEHOLDERS
-            .iter()
-            .zip(values)
-            .find(|(p, _)| rest.starts_with(**p))
-        {
-            Some((p, value)) => {
-                out.push_str(value);
-                rest = &rest[p.len()..];
-            }
-            None => {
-                out.push('%');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 /// What became of the commands, for the metrics.
 #[derive(Debug, Default)]
@@ -378,7 +290,7 @@ impl Commands {
         let Some(template) = template else { return };
         // Never authorized, so never an %IP% (defence in depth: the kernel and `allow`
         // refuse them already).
-        if crate::addr::is_martian(line.source) {
+        if is_martian(line.source) {
             log::warn!("{key} of {sequence} not run: {} is a martian source", line.source);
             return;
         }
@@ -406,7 +318,7 @@ impl Commands {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::{path::Path, time::Instant};
 
     use super::*;
 

@@ -19,7 +19,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::{Xdp, links::PinnedLink};
 use tokio::io::unix::AsyncFd;
 
-use crate::{attach, config::XdpMode};
+use super::{load as attach, pins::PinDir};
+use crate::config::XdpMode;
 
 /// One configured interface: the ifindex its link is on (0: not attached) and the
 /// link, held so that detaching can unpin it.
@@ -131,7 +132,7 @@ impl Interfaces {
     /// Attaches to `name` (index `index`), reusing a pinned link only if the kernel
     /// says it is on that interface; a link it reports elsewhere or detached is stale.
     fn link(&self, xdp: &mut Xdp, name: &str, index: u32, iface: &mut Iface) -> Result<()> {
-        let pin = attach::link_pin(&self.pin_dir, name);
+        let pin = PinDir(&self.pin_dir).link(name);
         if pin.exists() {
             let on = link_ifindex(&pin)?;
             if on != index {
