@@ -8,7 +8,10 @@ use std::{path::Path, time::Duration};
 use knock_common::{Counter, EventKind, OneTimeId, OpenFailure, Origin};
 use xknock::{
     config::Config,
-    daemon::events::{EventLine, Events},
+    daemon::{
+        event::{Event, Kind, Opener},
+        events::Events,
+    },
     net::source_key,
 };
 use xknock_tests::{
@@ -150,19 +153,29 @@ fn opens_and_bans_the_rings_lost_are_reported_from_the_maps_once_each() {
         xknock_tests::harness::CONFIG
     ));
     let mut events = Events::new(&h.state).expect("events");
-    /// The sweep's lines of kind `what`.
-    fn said(events: &mut Events, h: &mut Harness, what: &str) -> Vec<EventLine> {
-        let lines = events.sweep(&mut h.state).expect("sweep");
-        lines.into_iter().filter(|l| l.event == what).collect()
+    /// The sweep's events of kind `what`.
+    fn said(events: &mut Events, h: &mut Harness, what: &str) -> Vec<Event> {
+        let found = events.sweep(&mut h.state).expect("sweep");
+        found.into_iter().filter(|e| e.name() == what).collect()
     }
     h.knock(&ssh_knocks(A));
     // Read and thrown away: as if the ring had overflowed.
     let lost = h.events();
     let opens = said(&mut events, &mut h, "open");
     assert_eq!(opens.len(), 1, "{opens:?}");
-    assert_eq!(opens[0].reason, Some("knock"), "its real reason, not `allow`");
-    assert_eq!(opens[0].sequence.as_deref(), Some("ssh"));
-    assert_eq!(opens[0].open_for.as_deref(), Some("30s"));
+    let Kind::Open {
+        sequence,
+        reason,
+        open_for,
+        ..
+    } = &opens[0].kind
+    else {
+        panic!("{opens:?}");
+    };
+    assert_eq!(*reason, Opener::Knock, "its real reason, not `allow`");
+    assert_eq!(sequence, "ssh");
+    assert_eq!(*open_for, Duration::from_secs(30));
+    assert!(opens[0].render(true).contains(r#""reason":"knock""#));
     let late = lost
         .iter()
         .find(|e| e.kind == EventKind::Open as u8)

@@ -26,7 +26,7 @@ use crate::{
         CommandLimits, Config,
         template::{Template, Vars},
     },
-    daemon::events::EventLine,
+    daemon::event::{Event, Kind},
     net::is_martian,
 };
 
@@ -86,7 +86,11 @@ impl Runner {
 
     /// (running, waiting).
     pub fn pending(&self) -> (usize, usize) {
-        let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (q.running, q.waiting.len())
     }
 
@@ -95,7 +99,11 @@ impl Runner {
     fn submit(&self, label: String, argv: Vec<String>) {
         let limits = self.shared.limits;
         let job = Job { label, argv };
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if q.running < limits.max_running {
             q.running += 1;
             drop(q);
@@ -125,13 +133,15 @@ async fn work(shared: Arc<Shared>, mut job: Job) {
             Outcome::TimedOut => &shared.stats.timed_out,
         };
         counter.fetch_add(1, Relaxed);
-        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        match q.waiting.pop_front() {
-            Some(next) => job = next,
-            None => {
-                q.running -= 1;
-                return;
-            }
+        let mut q = shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(next) = q.waiting.pop_front() {
+            job = next;
+        } else {
+            q.running -= 1;
+            return;
         }
     }
 }
@@ -173,22 +183,19 @@ async fn run_one(job: &Job, timeout: Duration) -> Outcome {
         );
         status
     };
-    let status = match tokio::time::timeout(timeout, finished).await {
-        Ok(status) => status,
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: signals the process group the command leads (its pid is
-                // not reused while the group has members).
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
-            log::warn!(
-                "{label}: still running after {} (commands.timeout): killed, with what it started",
-                human(timeout)
-            );
-            // Reaps it (the exit status is remembered if it had already exited).
-            let _ = child.wait().await;
-            return Outcome::TimedOut;
+    let Ok(status) = tokio::time::timeout(timeout, finished).await else {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signals the process group the command leads (its pid is
+            // not reused while the group has members).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
+        log::warn!(
+            "{label}: still running after {} (commands.timeout): killed, with what it started",
+            human(timeout)
+        );
+        // Reaps it (the exit status is remembered if it had already exited).
+        let _ = child.wait().await;
+        return Outcome::TimedOut;
     };
     match status {
         Ok(s) if s.success() => {
@@ -275,26 +282,33 @@ impl Commands {
         &self.runner
     }
 
-    /// For an `open` or `close` line: starts or queues its sequence's command, if it
-    /// has one. (A time-based sequence's two kernel slots share its name.)
-    pub fn event(&self, line: &EventLine) {
-        let Some(sequence) = &line.sequence else { return };
+    /// For an `open` or `close`: starts or queues its sequence's command, if it has
+    /// one. (A time-based sequence's two kernel slots share its name.)
+    pub fn event(&self, event: &Event) {
+        let (key, sequence) = match &event.kind {
+            Kind::Open { sequence, .. } => ("on_open", sequence),
+            Kind::Close { sequence, .. } => ("on_close", sequence),
+            _ => return,
+        };
         let Some(hooks) = self.hooks.get(sequence) else {
             return;
         };
-        let (key, template) = match line.event {
-            "open" => ("on_open", &hooks.on_open),
-            "close" => ("on_close", &hooks.on_close),
-            _ => return,
+        let template = if key == "on_open" {
+            &hooks.on_open
+        } else {
+            &hooks.on_close
         };
         let Some(template) = template else { return };
         // Never authorized, so never an %IP% (defence in depth: the kernel and `allow`
         // refuse them already).
-        if is_martian(line.source) {
-            log::warn!("{key} of {sequence} not run: {} is a martian source", line.source);
+        if is_martian(event.source) {
+            log::warn!(
+                "{key} of {sequence} not run: {} is a martian source",
+                event.source
+            );
             return;
         }
-        let ip = line.source.to_string();
+        let ip = event.source.to_string();
         let vars = Vars {
             ip: &ip,
             sequence,
@@ -422,7 +436,7 @@ mod tests {
     fn job(argv: &[&str]) -> Job {
         Job {
             label: "test".into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
+            argv: argv.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -479,18 +493,23 @@ mod tests {
                     on_open = \"/bin/true %IP%\"\non_close = \"/bin/true %IP%\"\n";
         let config = Config::parse(Path::new("t.toml"), toml).expect("valid");
         let commands = Commands::new(&config);
-        let line = |event: &'static str, source: &str| EventLine {
-            ts: String::new(),
-            event,
+        let line = |event: &'static str, source: &str| Event {
+            at: std::time::SystemTime::now(),
             source: source.parse().expect("addr"),
-            sequence: Some("ssh".into()),
-            step: None,
-            of: None,
             port: None,
-            reason: None,
-            open_for: None,
-            client: None,
-            detail: None,
+            kind: if event == "open" {
+                Kind::Open {
+                    sequence: "ssh".into(),
+                    reason: crate::daemon::event::Opener::Allow,
+                    open_for: Duration::from_secs(1),
+                    client: None,
+                }
+            } else {
+                Kind::Close {
+                    sequence: "ssh".into(),
+                    reason: crate::daemon::event::CloseReason::Expired,
+                }
+            },
         };
         for martian in [
             "127.0.0.1",

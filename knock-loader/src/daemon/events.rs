@@ -1,4 +1,4 @@
-//! Events as `run` prints them: one per line, human-readable or JSON. Knock and reset
+//! Where events come from (see `event` for what they are). Knock and reset
 //! come from the kernel's per-packet ring (within its budget; the rest is summed up
 //! in a `suppressed` line), open, open-failed, ban and spa_rejected (for what the
 //! kernel refused) from its ring of rare events. Those rings are hints: every open is
@@ -9,115 +9,24 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use anyhow::Result;
-use knock_common::{
-    Authorization, Event, EventKind, OpenFailure, Origin, PROTO_UDP, ResetReason, SourceAddr, SourceKey,
-    SpaRefusal,
-};
-use serde::Serialize;
+use knock_common::{Authorization, Counter, EventKind, OpenFailure, SourceAddr, SourceKey, SpaRefusal};
 
-use super::spa::Rejection;
+use super::{
+    event::{CloseReason, Event, Kind, Opener, ResetCause, Suppressed, UnbanReason},
+    spa::Rejection,
+};
 use crate::{
     clock::{self, nanos},
     kernel::{
         maps::{State, sequence_name},
         reconcile::Dropped,
     },
-    net::unmapped,
+    net::{Knock, unmapped},
 };
-
-/// One output line. Field names are the public contract (SPEC.md, Events).
-#[derive(Debug, Serialize)]
-pub struct EventLine {
-    pub ts: String,
-    pub event: &'static str,
-    pub source: IpAddr,
-    /// Absent for `ban` and `unban`, which concern the source as a whole.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sequence: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub step: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub of: Option<u8>,
-    /// The packet's destination, for kernel events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-    /// How long an `open` lasts.
-    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
-    pub open_for: Option<String>,
-    /// The SPA client whose request opened (its name in the config).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    /// What exactly was wrong with a rejected SPA request (how far off the clock was).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl EventLine {
-    pub fn render(&self, json: bool) -> String {
-        if json {
-            return serde_json::to_string(self).unwrap_or_default();
-        }
-        let mut line = format!("{} {:<6} {}", self.ts, self.event, self.source);
-        if let Some(sequence) = &self.sequence {
-            line += &format!(" {sequence}");
-        }
-        if let (Some(step), Some(of)) = (self.step, self.of) {
-            line += &format!(" step {step}/{of}");
-        }
-        if let Some(port) = &self.port {
-            line += &format!(" ({port})");
-        }
-        if let Some(reason) = self.reason {
-            line += &format!(" reason={reason}");
-        }
-        if let Some(d) = &self.open_for {
-            line += &format!(" for {d}");
-        }
-        if let Some(client) = &self.client {
-            line += &format!(" client={client}");
-        }
-        if let Some(detail) = &self.detail {
-            line += &format!(": {detail}");
-        }
-        line
-    }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// `suppressed`: what the kernel counted instead of reporting since the last one (it
-/// is printed once a second at most, and only when something was).
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Suppressed {
-    pub ts: String,
-    pub event: &'static str,
-    /// Knock and reset events over the per-CPU budget (`[events]`).
-    pub knock: u64,
-    pub reset: u64,
-    /// Events a full ring had no room for.
-    pub lost: u64,
-}
-
-impl Suppressed {
-    pub fn render(&self, json: bool) -> String {
-        if json {
-            return serde_json::to_string(self).unwrap_or_default();
-        }
-        format!(
-            "{} {:<6} knock={} reset={} lost={}",
-            self.ts, self.event, self.knock, self.reset, self.lost
-        )
-    }
-}
 
 /// The kernel's counters behind `suppressed` lines, and the totals last reported.
 #[derive(Default)]
@@ -134,7 +43,6 @@ impl Suppression {
     }
 
     fn totals(state: &State) -> Result<[u64; 3]> {
-        use knock_common::Counter;
         Ok([
             state.counter(Counter::SuppressedKnock)?,
             state.counter(Counter::SuppressedReset)?,
@@ -148,8 +56,7 @@ impl Suppression {
         let [knock, reset, lost] = std::array::from_fn(|i| totals[i].saturating_sub(self.reported[i]));
         self.reported = totals;
         (knock | reset | lost != 0).then(|| Suppressed {
-            ts: rfc3339(SystemTime::now()),
-            event: "suppressed",
+            at: SystemTime::now(),
             knock,
             reset,
             lost,
@@ -157,18 +64,7 @@ impl Suppression {
     }
 }
 
-/// What an authorization's origin is called in an `open` line's `reason`.
-fn origin_reason(origin: u8) -> &'static str {
-    match Origin::from_u8(origin) {
-        Some(Origin::Knock) => "knock",
-        Some(Origin::Spa) => "spa",
-        Some(Origin::Allow) => "allow",
-        Some(Origin::Fleet) => "fleet",
-        None => "unknown",
-    }
-}
-
-/// Turns kernel events into lines and watches authorizations for the rest.
+/// Turns kernel records into events and watches the maps for the rest.
 pub struct Events {
     /// Sequence names and open windows by index.
     sequences: HashMap<u8, (String, Duration)>,
@@ -208,23 +104,15 @@ impl Events {
     fn name(&self, seq: u8) -> String {
         self.sequences
             .get(&seq)
-            .map(|(n, _)| n.clone())
-            .unwrap_or_else(|| format!("#{seq}"))
+            .map_or_else(|| format!("#{seq}"), |(n, _)| n.clone())
     }
 
-    fn line(&self, ts: SystemTime, event: &'static str, addr: [u8; 16], seq: u8) -> EventLine {
-        EventLine {
-            ts: rfc3339(ts),
-            event,
+    fn event(at: SystemTime, addr: [u8; 16], kind: Kind) -> Event {
+        Event {
+            at,
             source: unmapped(addr),
-            sequence: Some(self.name(seq)),
-            step: None,
-            of: None,
             port: None,
-            reason: None,
-            open_for: None,
-            client: None,
-            detail: None,
+            kind,
         }
     }
 
@@ -236,63 +124,56 @@ impl Events {
         auth: &Authorization,
         open_for: Duration,
         client: &str,
-    ) -> EventLine {
+    ) -> Event {
         self.open.insert(key, auth.opened_ns);
-        let mut l = self.line(SystemTime::now(), "open", key.addr, key.seq);
-        l.reason = Some("spa");
-        l.open_for = Some(clock::human(open_for));
-        l.client = Some(client.into());
-        l
+        let kind = Kind::Open {
+            sequence: self.name(key.seq),
+            reason: Opener::Spa,
+            open_for,
+            client: Some(client.into()),
+        };
+        Self::event(SystemTime::now(), key.addr, kind)
     }
 
     /// `open_failed` for an authorization `run` could not add.
-    pub fn open_failed(&self, key: SourceKey, detail: String) -> EventLine {
-        let mut l = self.line(SystemTime::now(), "open_failed", key.addr, key.seq);
-        l.reason = Some("authorization map full");
-        l.detail = Some(detail);
-        l
+    pub fn open_failed(&self, key: SourceKey, detail: String) -> Event {
+        let kind = Kind::OpenFailed {
+            sequence: self.name(key.seq),
+            reason: OpenFailure::MapFull,
+            detail: Some(detail),
+        };
+        Self::event(SystemTime::now(), key.addr, kind)
     }
 
     /// `close` for an authorization whose sequence a new config no longer has.
-    pub fn removed(&self, dropped: &Dropped) -> EventLine {
-        let mut l = self.line(SystemTime::now(), "close", dropped.key.addr, dropped.key.seq);
-        l.sequence = Some(dropped.sequence.clone());
-        l.reason = Some("removed");
-        l
+    pub fn removed(dropped: &Dropped) -> Event {
+        let kind = Kind::Close {
+            sequence: dropped.sequence.clone(),
+            reason: CloseReason::Removed,
+        };
+        Self::event(SystemTime::now(), dropped.key.addr, kind)
     }
 
     /// `spa_rejected`: a request from `source` refused, and why.
-    pub fn spa_rejected(&self, source: [u8; 16], reason: &'static str, detail: String) -> EventLine {
-        let mut l = self.line(SystemTime::now(), "spa_rejected", source, 0);
-        l.sequence = None;
-        l.reason = Some(reason);
-        l.detail = Some(detail);
-        l
+    pub fn spa_rejected(source: [u8; 16], reason: &'static str, detail: String) -> Event {
+        Self::event(SystemTime::now(), source, Kind::SpaRejected { reason, detail })
     }
 
-    /// A record from the kernel's ring buffer.
-    pub fn from_kernel(&mut self, ev: &Event, now_ns: u64) -> Option<EventLine> {
-        let kind = EventKind::from_u8(ev.kind)?;
-        let mut line = self.line(clock::wall_time(ev.ts_ns, now_ns), "", ev.addr, ev.seq);
-        line.port = Some(format!(
-            "{}/{}",
-            ev.port,
-            if ev.proto == PROTO_UDP { "udp" } else { "tcp" }
-        ));
-        match kind {
-            EventKind::Knock => {
-                line.event = "knock";
-                (line.step, line.of) = (Some(ev.step), Some(ev.of));
-            }
-            EventKind::Reset => {
-                line.event = "reset";
-                (line.step, line.of) = (Some(ev.step), Some(ev.of));
-                line.reason = Some(match ev.reason {
-                    r if r == ResetReason::Timeout as u8 => "timeout",
-                    r if r == ResetReason::Strict as u8 => "strict",
-                    _ => "wrong",
-                });
-            }
+    /// A record from one of the kernel's rings.
+    pub fn from_kernel(&mut self, ev: &knock_common::Event, now_ns: u64) -> Option<Event> {
+        let sequence = self.name(ev.seq);
+        let kind = match EventKind::from_u8(ev.kind)? {
+            EventKind::Knock => Kind::Knock {
+                sequence,
+                step: ev.step,
+                of: ev.of,
+            },
+            EventKind::Reset => Kind::Reset {
+                sequence,
+                step: ev.step,
+                of: ev.of,
+                reason: ResetCause::from_kernel(ev.reason),
+            },
             EventKind::Open => {
                 let key = SourceKey {
                     addr: ev.addr,
@@ -303,30 +184,34 @@ impl Events {
                 if self.open.get(&key) == Some(&ev.ts_ns) {
                     return None;
                 }
-                line.event = "open";
-                line.reason = Some("knock");
-                let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
-                line.open_for = Some(clock::human(open_for));
                 self.open.insert(key, ev.ts_ns);
+                let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
+                Kind::Open {
+                    sequence,
+                    reason: Opener::Knock,
+                    open_for,
+                    client: None,
+                }
             }
-            EventKind::OpenFailed => {
-                line.event = "open_failed";
-                line.reason = Some(if ev.reason == OpenFailure::Spent as u8 {
-                    "one-time sequence used"
+            EventKind::OpenFailed => Kind::OpenFailed {
+                sequence,
+                reason: if ev.reason == OpenFailure::Spent as u8 {
+                    OpenFailure::Spent
                 } else {
-                    "authorization map full"
-                });
-            }
+                    OpenFailure::MapFull
+                },
+                detail: None,
+            },
             EventKind::Ban => {
                 let until = ev.ts_ns.saturating_add(nanos(self.ban_for));
                 // Found in the map first: said already.
                 if self.bans.get(&ev.addr) == Some(&until) {
                     return None;
                 }
-                line.event = "ban";
-                line.sequence = None;
-                line.open_for = Some(clock::human(self.ban_for));
                 self.bans.insert(ev.addr, until);
+                Kind::Ban {
+                    ban_for: self.ban_for,
+                }
             }
             EventKind::SpaRefused => {
                 let rejection = if ev.reason == SpaRefusal::UnknownKey as u8 {
@@ -336,28 +221,32 @@ impl Events {
                 } else {
                     Rejection::Malformed
                 };
-                line.event = "spa_rejected";
-                line.sequence = None;
-                line.reason = Some(rejection.reason());
-                line.detail = Some(rejection.to_string());
+                Kind::SpaRejected {
+                    reason: rejection.reason(),
+                    detail: rejection.to_string(),
+                }
             }
-            EventKind::Close | EventKind::Unban => return None,
-        }
-        Some(line)
+        };
+        let mut event = Self::event(clock::wall_time(ev.ts_ns, now_ns), ev.addr, kind);
+        event.port = Some(Knock {
+            port: ev.port,
+            proto: ev.proto,
+        });
+        Some(event)
     }
 
     /// Removes expired authorizations and reports what changed in the map since the
     /// last sweep: `close` for expired or revoked ones, `open` for new or renewed ones
     /// not announced yet (by `xknock allow`, or whose ring event was lost), with the
     /// reason the map records.
-    pub fn sweep(&mut self, state: &mut State) -> Result<Vec<EventLine>> {
+    pub fn sweep(&mut self, state: &mut State) -> Result<Vec<Event>> {
         let now_ns = state.now_ns()?;
         let now = SystemTime::now();
         let current: HashMap<SourceKey, Authorization> = state.repair_hint().into_iter().collect();
-        let mut lines = Vec::new();
+        let mut events = Vec::new();
         for (key, auth) in &current {
-            let expires = &auth.expires_ns;
-            if *expires <= now_ns {
+            let expires = auth.expires_ns;
+            if expires <= now_ns {
                 // Renewed meanwhile (a re-knock at expiry): still open, nothing to say.
                 match state.unauthorize_expired(key, now_ns) {
                     Ok(true) => {}
@@ -369,18 +258,21 @@ impl Events {
                         continue;
                     }
                 }
-                let mut l = self.line(clock::wall_time(*expires, now_ns), "close", key.addr, key.seq);
-                l.reason = Some("expired");
-                lines.push(l);
+                let kind = Kind::Close {
+                    sequence: self.name(key.seq),
+                    reason: CloseReason::Expired,
+                };
+                events.push(Self::event(clock::wall_time(expires, now_ns), key.addr, kind));
                 self.open.remove(key);
             } else if self.open.get(key) != Some(&auth.opened_ns) {
                 let at = clock::wall_time(auth.opened_ns.min(now_ns), now_ns);
-                let mut l = self.line(at, "open", key.addr, key.seq);
-                l.reason = Some(origin_reason(auth.origin));
-                l.open_for = Some(clock::human(Duration::from_nanos(
-                    expires.saturating_sub(auth.opened_ns),
-                )));
-                lines.push(l);
+                let kind = Kind::Open {
+                    sequence: self.name(key.seq),
+                    reason: Opener::from_origin(auth.origin),
+                    open_for: Duration::from_nanos(expires.saturating_sub(auth.opened_ns)),
+                    client: None,
+                };
+                events.push(Self::event(at, key.addr, kind));
                 self.open.insert(*key, auth.opened_ns);
             }
         }
@@ -392,17 +284,20 @@ impl Events {
             .collect();
         for key in revoked {
             self.open.remove(&key);
-            let mut l = self.line(now, "close", key.addr, key.seq);
-            l.reason = Some("revoked");
-            lines.push(l);
+            let kind = Kind::Close {
+                sequence: self.name(key.seq),
+                reason: CloseReason::Revoked,
+            };
+            events.push(Self::event(now, key.addr, kind));
         }
-        self.sweep_bans(state, now_ns, &mut lines);
-        Ok(lines)
+        self.sweep_bans(state, now_ns, &mut events);
+        Ok(events)
     }
 
-    /// `unban` for bans that ended (the record is removed, failures forgotten) or
-    /// were lifted by `xknock unban`.
-    fn sweep_bans(&mut self, state: &mut State, now_ns: u64, lines: &mut Vec<EventLine>) {
+    /// `ban` for bans found in the map and not announced, `unban` for bans that
+    /// ended (the record is removed, failures forgotten) or were lifted by
+    /// `xknock unban`.
+    fn sweep_bans(&mut self, state: &mut State, now_ns: u64, events: &mut Vec<Event>) {
         let current: HashMap<SourceAddr, u64> = state
             .bans
             .iter()
@@ -415,10 +310,13 @@ impl Events {
             } else if *until > now_ns && self.bans.get(&key.addr) != Some(until) {
                 // A ban whose event the ring lost (or a new one): said from the map.
                 let at = clock::wall_time(until.saturating_sub(nanos(self.ban_for)), now_ns);
-                let mut l = self.line(at, "ban", key.addr, 0);
-                l.sequence = None;
-                l.open_for = Some(clock::human(self.ban_for));
-                lines.push(l);
+                events.push(Self::event(
+                    at,
+                    key.addr,
+                    Kind::Ban {
+                        ban_for: self.ban_for,
+                    },
+                ));
                 self.bans.insert(key.addr, *until);
             }
         }
@@ -434,16 +332,12 @@ impl Events {
             .collect();
         for (addr, until) in ended {
             self.bans.remove(&addr);
-            let expired = until <= now_ns;
-            let ts = if expired {
-                clock::wall_time(until, now_ns)
+            let (at, reason) = if until <= now_ns {
+                (clock::wall_time(until, now_ns), UnbanReason::Expired)
             } else {
-                SystemTime::now()
+                (SystemTime::now(), UnbanReason::Lifted)
             };
-            let mut l = self.line(ts, "unban", addr, 0);
-            l.sequence = None;
-            l.reason = Some(if expired { "expired" } else { "lifted" });
-            lines.push(l);
+            events.push(Self::event(at, addr, Kind::Unban { reason }));
         }
     }
 }

@@ -2,7 +2,8 @@
 //! metrics (OpenMetrics text) at `http://ADDR/metrics`.
 //!
 //! Every scrape opens the pinned maps itself and reads them on a blocking thread, so
-//! the server shares nothing with the event loop but the commands' tallies, and a
+//! the server shares nothing with the event loop but the tallies of commands and
+//! events, and a
 //! scrape of a map with a million entries never holds up events. One scrape reads
 //! at a time; others wait for it. At most `MAX_CONNECTIONS` clients are served at
 //! once, each for `CONNECTION_TIMEOUT` at most: a local user cannot make `run` run
@@ -29,7 +30,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::commands::Stats;
+use super::{commands::Stats, event::Tally};
 use crate::{kernel::maps::State, status};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -65,13 +66,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `/metrics` on `listener` from the maps pinned in `pin_dir`, until the
 /// runtime ends.
-pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>) {
+pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>, events: Arc<Tally>) {
     if let Ok(addr) = listener.local_addr() {
         log::info!("metrics at http://{addr}/metrics");
     }
     let scraper = Arc::new(Scraper {
         pin_dir,
         commands,
+        events,
         one_at_a_time: Arc::default(),
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -123,6 +125,7 @@ pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>) {
 struct Scraper {
     pin_dir: PathBuf,
     commands: Arc<Stats>,
+    events: Arc<Tally>,
     one_at_a_time: Arc<Mutex<()>>,
 }
 
@@ -141,12 +144,14 @@ impl Scraper {
         let (pin_dir, one_at_a_time) = (self.pin_dir.clone(), self.one_at_a_time.clone());
         let read = tokio::task::spawn_blocking(move || {
             // Taken here, so that a scrape whose client left still counts until done.
-            let _turn = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+            let _turn = one_at_a_time
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             Snapshot::read(&pin_dir)
         })
         .await;
         match read.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok(snapshot) => match snapshot.encode(&self.commands) {
+            Ok(snapshot) => match snapshot.encode(&self.commands, &self.events) {
                 Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, text),
                 Err(e) => {
                     log::warn!("metrics: cannot encode: {e}");
@@ -261,7 +266,7 @@ impl Snapshot {
         })
     }
 
-    fn encode(&self, commands: &Stats) -> Result<String, std::fmt::Error> {
+    fn encode(&self, commands: &Stats, events: &Tally) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("xknock");
         let counters = Family::<[(&str, &str); 1], Counter>::default();
         for (name, value) in &self.counters {
@@ -324,6 +329,16 @@ impl Snapshot {
             "on_open and on_close commands by how they ended (dropped: the queue was full)",
             results,
         );
+        let reported = Family::<[(&str, &str); 1], Counter>::default();
+        for (event, count) in events.counts() {
+            reported.get_or_create(&[("event", event)]).inc_by(count);
+        }
+        registry.register(
+            "events",
+            "Events run reported, by kind (knock and reset within the [events] budget; \
+             the rest are in the suppressed_* counters)",
+            reported,
+        );
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)
@@ -363,7 +378,13 @@ mod tests {
         };
         let stats = Stats::default();
         stats.dropped.store(2, Relaxed);
-        let text = snapshot.encode(&stats).expect("encodes");
+        let events = Tally::default();
+        events.count(&crate::daemon::events::Events::spa_rejected(
+            [0; 16],
+            "malformed",
+            String::new(),
+        ));
+        let text = snapshot.encode(&stats, &events).expect("encodes");
         for line in [
             "# TYPE xknock_counter counter",
             "xknock_counter_total{name=\"drop_knock\"} 6",
@@ -374,6 +395,8 @@ mod tests {
             "xknock_map_entries{map=\"XK_PROGRESS\"} 5",
             "xknock_map_capacity{map=\"XK_AUTHORIZED\"} 16384",
             "xknock_commands_total{result=\"dropped\"} 2",
+            "xknock_events_total{event=\"spa_rejected\"} 1",
+            "xknock_events_total{event=\"open\"} 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");

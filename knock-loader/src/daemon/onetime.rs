@@ -54,21 +54,18 @@ impl Spender {
                     if let Some((line, _)) = lines.first() {
                         self.unwritten.push((path.clone(), *line));
                     }
-                    s.knocks = match lines.get(1) {
-                        Some((line, knocks)) => {
-                            log::info!(
-                                "{name}: one-time sequence used; line {line} of {} is next",
-                                path.display()
-                            );
-                            knocks.clone()
-                        }
-                        None => {
-                            log::warn!(
-                                "{name}: every one-time sequence in {} is used: add more",
-                                path.display()
-                            );
-                            vec![]
-                        }
+                    s.knocks = if let Some((line, knocks)) = lines.get(1) {
+                        log::info!(
+                            "{name}: one-time sequence used; line {line} of {} is next",
+                            path.display()
+                        );
+                        knocks.clone()
+                    } else {
+                        log::warn!(
+                            "{name}: every one-time sequence in {} is used: add more",
+                            path.display()
+                        );
+                        vec![]
                     };
                 }
                 Err(e) => {

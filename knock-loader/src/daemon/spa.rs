@@ -18,7 +18,7 @@ pub use verify::Verifier;
 
 use crate::{
     clock::{human, nanos},
-    daemon::events::{EventLine, Events},
+    daemon::{event::Event, events::Events},
     kernel::maps::State,
     net::{source_key, unmapped},
 };
@@ -29,18 +29,22 @@ pub fn serve(
     verifier: &mut Verifier,
     state: &mut State,
     events: &mut Events,
-) -> Vec<EventLine> {
+) -> Vec<Event> {
     let len = (request.len as usize).min(SPA_MAX_PAYLOAD);
     let payload = request.payload.get(..len).unwrap_or_default();
     let grant = match verifier.verify(unmapped(request.addr), payload, SystemTime::now()) {
         Ok(grant) => grant,
         Err(rejection) => {
-            return vec![events.spa_rejected(request.addr, rejection.reason(), rejection.to_string())];
+            return vec![Events::spa_rejected(
+                request.addr,
+                rejection.reason(),
+                rejection.to_string(),
+            )];
         }
     };
     let now_ns = match state.now_ns() {
         Ok(now) => now,
-        Err(e) => return vec![events.spa_rejected(request.addr, "error", format!("{e:#}"))],
+        Err(e) => return vec![Events::spa_rejected(request.addr, "error", format!("{e:#}"))],
     };
     let expires_ns = now_ns.saturating_add(nanos(grant.open_for));
     let auth = Authorization::new(now_ns, expires_ns, Origin::Spa);

@@ -318,7 +318,7 @@ mod tests {
     const T0: u64 = 1_790_000_000_000;
 
     struct Rig {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         config: Config,
         verifier: Verifier,
         nonce: u8,
@@ -332,7 +332,7 @@ mod tests {
                 .expect("loads")
                 .expect("[spa] given");
             Rig {
-                _dir: dir,
+                dir,
                 config,
                 verifier,
                 nonce: 0,
@@ -549,7 +549,7 @@ mod tests {
         );
         let long = [p.as_slice(), &[0; SPA_MAX_PAYLOAD]].concat();
         assert_eq!(
-            rig.verify(SOURCE, &long[..SPA_MAX_PAYLOAD + 1], T0),
+            rig.verify(SOURCE, &long[..=SPA_MAX_PAYLOAD], T0),
             Err(Rejection::Malformed),
             "513 bytes"
         );
@@ -665,7 +665,7 @@ mod tests {
         let p = rig.alice(&request(vec![]));
         assert!(rig.verify(SOURCE, &p, T0).is_ok());
         let mut c = rig.config.clone();
-        let moved = rig._dir.path().join("elsewhere/spa-replay");
+        let moved = rig.dir.path().join("elsewhere/spa-replay");
         if let Some(spa) = c.spa.as_mut() {
             spa.replay_file = moved.clone();
             spa.window = Duration::from_secs(600);
@@ -899,7 +899,7 @@ mod tests {
                 }
             };
             let _ = rig.verify(SOURCE, &packet, T0);
-            let _ = packet::Request::decode(&packet);
+            let _ = Request::decode(&packet);
             let cut = noise.below(valid.len());
             assert!(
                 rig.verify(SOURCE, &valid[..cut], T0).is_err(),
@@ -945,7 +945,7 @@ mod tests {
             server: None,
             port: 0,
             key_id: "0123456789abcdef".parse().expect("valid id"),
-            key: crate::spa::Key::random().expect("rng"),
+            key: Key::random().expect("rng"),
         };
         let text = format!(
             "[[sequence]]\nname = \"ssh\"\nknocks = [\"7000\", \"8000\"]\nprotect = [\"22/tcp\"]\n\
@@ -953,7 +953,7 @@ mod tests {
             dir.path().join("replay").display(),
             key.server_stanza("alice", &["ssh".into()])
         );
-        let config = Config::parse(std::path::Path::new("test.toml"), &text).expect("valid");
+        let config = Config::parse(Path::new("test.toml"), &text).expect("valid");
         let mut verifier = Verifier::new(&config).expect("loads").expect("[spa] given");
 
         let server = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
