@@ -9,7 +9,7 @@ pub fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec we pass and nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

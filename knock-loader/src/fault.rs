@@ -17,7 +17,7 @@ pub fn injected(name: &str) -> bool {
         let Some(times) = spec.split_once(':').and_then(|(_, n)| n.parse::<u32>().ok()) else {
             return true;
         };
-        let mut fired = FIRED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fired = FIRED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = fired.get_or_insert_default().entry(name.to_owned()).or_default();
         *count += 1;
         if *count <= times {

@@ -172,7 +172,7 @@ fn parse(path: &Path, text: &str) -> Result<Conf> {
             }
             Some(None) => conf.options.push(entry),
             Some(Some(d)) => {
-                door_entry(&mut conf.doors[d], entry).map_err(|e| err(line, format!("{e:#}")))?
+                door_entry(&mut conf.doors[d], entry).map_err(|e| err(line, format!("{e:#}")))?;
             }
         }
     }

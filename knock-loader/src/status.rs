@@ -98,7 +98,7 @@ impl Status {
         let now = state.now_ns()?;
         let seqs = state.sequences()?;
         let config = |i: u8| seqs.iter().find(|(j, _)| *j == i).map(|(_, c)| c);
-        let name = |i: u8| config(i).map(sequence_name).unwrap_or_else(|| format!("#{i}"));
+        let name = |i: u8| config(i).map_or_else(|| format!("#{i}"), sequence_name);
         let sequences = seqs
             .iter()
             .map(|(_, c)| SequenceStatus {

@@ -82,21 +82,16 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
     };
     println!("# Add to the server's config, then: xknock check --config FILE");
     print!("{}", key.server_stanza(name, &args.sequences));
-    match args.out {
-        Some(path) => {
-            key.write_new(&path, name)?;
-            // On stderr, so that stdout is the stanza alone.
-            eprintln!(
-                "wrote {name}'s key file {} (mode 0600): hand it over as privately as the key it is",
-                path.display()
-            );
-        }
-        None => {
-            println!(
-                "\n# Below: {name}'s key file. Save it with mode 0600, say as ~/.config/xknock/{name}.key"
-            );
-            print!("{}", key.to_toml(name));
-        }
+    if let Some(path) = args.out {
+        key.write_new(&path, name)?;
+        // On stderr, so that stdout is the stanza alone.
+        eprintln!(
+            "wrote {name}'s key file {} (mode 0600): hand it over as privately as the key it is",
+            path.display()
+        );
+    } else {
+        println!("\n# Below: {name}'s key file. Save it with mode 0600, say as ~/.config/xknock/{name}.key");
+        print!("{}", key.to_toml(name));
     }
     Ok(())
 }

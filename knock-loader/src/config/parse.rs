@@ -139,7 +139,7 @@ const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_BAN_FAILURES: u32 = 5;
 /// Longer is a typo, not a policy (and nanoseconds overflow past 584 years).
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_DURATION: Duration = Duration::from_hours(8760);
 /// The largest map `[limits]` may ask for (16M entries: gigabytes of kernel memory).
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
 /// How long into a period a time-based sequence's previous knocks still count (at

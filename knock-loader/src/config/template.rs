@@ -76,19 +76,16 @@ pub fn substitute(arg: &str, vars: &Vars) -> String {
     while let Some(i) = rest.find('%') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        match PLACEHOLDERS
+        if let Some((p, value)) = PLACEHOLDERS
             .iter()
             .zip(values)
             .find(|(p, _)| rest.starts_with(**p))
         {
-            Some((p, value)) => {
-                out.push_str(value);
-                rest = &rest[p.len()..];
-            }
-            None => {
-                out.push('%');
-                rest = &rest[1..];
-            }
+            out.push_str(value);
+            rest = &rest[p.len()..];
+        } else {
+            out.push('%');
+            rest = &rest[1..];
         }
     }
     out.push_str(rest);

@@ -300,7 +300,7 @@ impl LinkEvents {
                     guard.clear_ready();
                     return Ok(());
                 }
-                Some(libc::ENOBUFS | libc::EINTR) => continue,
+                Some(libc::ENOBUFS | libc::EINTR) => {}
                 _ => return Err(e),
             }
         }

@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// bpffs's magic number (statfs f_type).
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Fails unless `dir` lies on a bpf filesystem; pins cannot live anywhere else.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
@@ -36,7 +36,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let c = CString::new(existing.as_os_str().as_encoded_bytes()).context("pin directory has a NUL byte")?;
     // SAFETY: statfs writes only into the struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("cannot stat {}", existing.display()));
     }

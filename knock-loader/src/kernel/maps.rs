@@ -116,7 +116,7 @@ impl State {
     /// Drives the policy clock by hand (tests only): `Some(t)` freezes it at `t`.
     pub fn set_test_clock(&mut self, now: Option<Duration>) -> Result<()> {
         let mut s = self.settings()?;
-        s.test_now_ns = now.map_or(0, crate::clock::nanos);
+        s.test_now_ns = now.map_or(0, clock::nanos);
         self.settings
             .set(0, &s, 0)
             .context("cannot write the settings map")
@@ -235,12 +235,12 @@ impl State {
         }
         // Strict masks and stealth bits sit in every entry, so a change of them
         // rewrites all.
-        let stale: Vec<u32> = if old_background.as_ref() != Some(&background) {
+        let stale: Vec<u32> = if old_background.as_ref() == Some(&background) {
+            old_ports.into_iter().filter(|i| !rules.contains_key(i)).collect()
+        } else {
             (0..PORT_RULE_ENTRIES)
                 .filter(|i| !rules.contains_key(i))
                 .collect()
-        } else {
-            old_ports.into_iter().filter(|i| !rules.contains_key(i)).collect()
         };
         for index in stale {
             self.port_rules
@@ -357,7 +357,7 @@ impl State {
     pub fn allow(&mut self, addr: IpAddr, seq: u8, duration: Duration) -> Result<()> {
         refuse_martian(addr)?;
         let now = self.now_ns()?;
-        let expires_ns = now.saturating_add(crate::clock::nanos(duration));
+        let expires_ns = now.saturating_add(clock::nanos(duration));
         let auth = Authorization::new(now, expires_ns, Origin::Allow);
         self.authorize(&source_key(addr, seq), &auth)
     }

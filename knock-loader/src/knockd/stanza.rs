@@ -132,7 +132,7 @@ impl Stanza<'_> {
             line(
                 out,
                 "protect = []   # TODO: the ports this door opened, like [\"22/tcp\"]: xknock check refuses it empty",
-            )
+            );
         };
         let (Some(cmd), Some(kind)) = (&door.start, kind) else {
             let at = At {

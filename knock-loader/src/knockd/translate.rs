@@ -101,7 +101,7 @@ fn options(options: &[Entry], notes: &mut Vec<Note>, out: &mut String) {
                 interface = true;
                 continue;
             }
-            ("usesyslog", _) | ("logfile", _) => {
+            ("usesyslog" | "logfile", _) => {
                 "xknock run prints its events on stdout (--json for JSON lines), which systemd's \
                  journal keeps (see dist/xknock.service)"
             }

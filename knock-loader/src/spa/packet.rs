@@ -257,7 +257,7 @@ impl<'a> Reader<'a> {
 
 /// Unix time in ms (0 before 1970).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map_or(0, millis)
 }
 
 #[cfg(test)]
