@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod client;
+#[cfg(feature = "daemon")]
 pub mod filter;
 pub mod keys;
 pub mod migrate;
@@ -15,7 +16,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::{client::Family, config::DEFAULT_PIN_DIR, daemon};
+#[cfg(feature = "daemon")]
+use crate::daemon;
+use crate::{client::Family, config::DEFAULT_PIN_DIR};
 
 /// A port-knocking firewall in XDP: protected ports stay silently closed to every
 /// source that has not first knocked the right sequence.
@@ -72,24 +75,31 @@ pub enum Command {
     /// A sequence's on_open and on_close commands run on its open and close events,
     /// without a shell, at most [commands] max_running at once, each killed after
     /// [commands] timeout; their output and exit status go to the log (stderr).
+    #[cfg(feature = "daemon")]
     Run(daemon::RunOptions),
     /// Ask the running `xknock run` to re-read its config (sends it SIGHUP).
     ///
     /// `run` logs whether the new config took; an invalid one is refused whole and
     /// the running one stays in force. `xknock check` tells beforehand.
+    #[cfg(feature = "daemon")]
     Reload(Pins),
     /// Remove the filter for good: the links (so nothing filters any more), the
     /// program and the pinned maps with every authorization and progress.
     ///
     /// Refused while an `xknock run` uses them: stop it first.
+    #[cfg(feature = "daemon")]
     Down(Pins),
     /// Show sequences, sources in progress, authorized sources and counters.
+    #[cfg(feature = "daemon")]
     Status(filter::StatusArgs),
     /// Authorize ADDR for a sequence as if it had knocked.
+    #[cfg(feature = "daemon")]
     Allow(filter::AllowArgs),
     /// Remove ADDR's authorizations (all, or one sequence's) and its kept connections.
+    #[cfg(feature = "daemon")]
     Revoke(filter::RevokeArgs),
     /// Lift ADDR's ban (brute-force lockout) and forget its failures.
+    #[cfg(feature = "daemon")]
     Unban(filter::UnbanArgs),
     /// Make the secret of a time-based knock sequence: the server's `secret_file`
     /// and the client's `xknock knock --secret` (the same file on both).
@@ -140,12 +150,19 @@ impl Command {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
         match self {
+            #[cfg(feature = "daemon")]
             Command::Run(opts) => daemon::run(opts),
+            #[cfg(feature = "daemon")]
             Command::Reload(pins) => filter::reload(&pins),
+            #[cfg(feature = "daemon")]
             Command::Down(pins) => filter::down(&pins),
+            #[cfg(feature = "daemon")]
             Command::Status(args) => filter::status(&args),
+            #[cfg(feature = "daemon")]
             Command::Allow(args) => filter::allow(&args),
+            #[cfg(feature = "daemon")]
             Command::Revoke(args) => filter::revoke(&args),
+            #[cfg(feature = "daemon")]
             Command::Unban(args) => filter::unban(&args),
             Command::Secret(args) => keys::secret(args),
             Command::Check(args) => check::check(&args),

@@ -12,18 +12,24 @@
 //! - `status` (what `xknock status` and the metrics read from the maps), and
 //!   `daemon` (`xknock run`: events, SPA verification, commands, metrics);
 //! - `cli`: the command line, one function per command.
+//!
+//! `kernel`, `status` and `daemon` need the `daemon` feature (the default); without
+//! it the crate is the client alone, with neither aya nor tokio.
 
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod fault;
+#[cfg(feature = "daemon")]
 pub mod kernel;
 pub mod knockd;
 pub mod net;
 pub mod onetime;
 pub mod secret_file;
 pub mod spa;
+#[cfg(feature = "daemon")]
 pub mod status;
 pub mod timed;

@@ -4,17 +4,16 @@
 //! with `#`) and the next line takes over, so the file itself remembers what was used
 //! across restarts.
 
-use std::{
-    fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use knock_common::MAX_KNOCKS;
 
-use crate::{fault, net::Knock, secret_file::read_private};
+use crate::{
+    fault,
+    net::Knock,
+    secret_file::{self, read_private},
+};
 
 /// The sequence in use: its line (1-based) and its knocks; `None` once all are used.
 pub type Current = Option<(usize, Vec<Knock>)>;
@@ -66,9 +65,7 @@ fn parse_line(line: &str) -> Result<Vec<Knock>> {
 }
 
 /// Comments out line `line` (1-based) of `path`: the sequence there was used. The
-/// file is replaced whole: a new file (O_EXCL, O_NOFOLLOW, mode 0600) in the same
-/// directory, synced, renamed over it, and the directory synced, so it is never
-/// half-written and no link planted there is followed.
+/// file is replaced whole (`secret_file::replace`).
 pub fn mark_used(path: &Path, line: usize) -> Result<()> {
     let text = read_private(path)?;
     let mut out = String::with_capacity(text.len() + 16);
@@ -79,40 +76,18 @@ pub fn mark_used(path: &Path, line: usize) -> Result<()> {
         out.push_str(l);
         out.push('\n');
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.xknock-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         if fault::injected("onetime-write") {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        // Left by a run that died while writing: ours (same pid) or nobody's.
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        let written = f.write_all(out.as_bytes()).and_then(|()| f.sync_all());
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::File::open(&dir)?.sync_all()
+        secret_file::replace(path, &out)
     };
     write().with_context(|| format!("cannot rewrite {} to mark line {line} used", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
 

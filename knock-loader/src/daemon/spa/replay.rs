@@ -17,9 +17,9 @@
 
 use std::{
     collections::HashMap,
-    fs::{self, DirBuilder, File, OpenOptions},
-    io::{ErrorKind, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    fs::{self, DirBuilder},
+    io::ErrorKind,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,7 +27,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::spa::{keys::KeyId, packet::NONCE_LEN};
+use crate::{
+    clock::millis,
+    secret_file,
+    spa::{keys::KeyId, packet::NONCE_LEN},
+};
 
 /// Entries the cache holds at most: accepted requests within one window. Only key
 /// holders can add entries, so reaching it means a client misbehaves; requests are then
@@ -263,29 +267,9 @@ impl ReplayCache {
             floor_ms: self.floor_ms,
             nonces,
         })?;
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = dir.join(tmp_name);
-        // A temp file left by a crash; create_new below then never follows a link.
-        let _ = fs::remove_file(&tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            // The rename itself survives a crash once the directory is synced.
-            File::open(dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write the SPA replay cache {}", path.display()))
+        secret_file::replace(path, &text)
+            .with_context(|| format!("cannot write the SPA replay cache {}", path.display()))
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
