@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use crate::net::Knock;
+use crate::net::Knock;
 use crate::{
     spa::{Key, KeyId},
     timed::TimedSecret,

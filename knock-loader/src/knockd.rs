@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 
 use knock_common::{PROTO_TCP, PROTO_UDP};
 
-use crate::config::Knock;
+use crate::net::Knock;
 
 /// Something of knockd's that the TOML does not carry: shown as
 /// `line N: KEY: not translated: WHY`, on stderr and as a comment in the TOML.

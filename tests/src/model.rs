@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use ipnet::IpNet;
 use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use xknock::config::{BanPolicy, Config, Knock, Sequence};
+use xknock::config::{BanPolicy, Config, Sequence};
+use xknock::net::Knock;
 
 pub const PASS: u32 = 2;
 pub const DROP: u32 = 1;

@@ -14,7 +14,8 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use knock_common::Counter;
-use xknock::config::{Config, Knock};
+use xknock::config::Config;
+use xknock::net::Knock;
 use xknock_tests::{
     fuzz::Gen,
     harness::Harness,

@@ -16,8 +16,9 @@ use knock_common::{
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Config, EventLimits, Knock, Sequence};
+use super::{Config, EventLimits, Sequence};
 use crate::clock::nanos;
+use crate::net::Knock;
 
 impl Config {
     /// The kernel's sequence slots at `now`: each configured sequence at its index,

@@ -12,7 +12,8 @@ use knock_common::PROTO_UDP;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Knock, Sequence, SpaClient, SpaConfig, is_plain_name, parse::Source};
+use super::{Sequence, SpaClient, SpaConfig, is_plain_name, parse::Source};
+use crate::net::Knock;
 use crate::spa::{self, Key, KeyId};
 
 #[derive(Deserialize)]

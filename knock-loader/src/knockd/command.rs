@@ -4,7 +4,7 @@
 
 use knock_common::{MAX_PROTECTED, PROTO_TCP, PROTO_UDP};
 
-use crate::config::Knock;
+use crate::net::Knock;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Kind {

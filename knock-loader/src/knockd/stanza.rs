@@ -8,7 +8,7 @@ use super::{
     command::{Kind, classify},
     translate::{comment, line, list, note, quote},
 };
-use crate::config::{Knock, parse_tcp_flags};
+use crate::{config::parse_tcp_flags, net::Knock};
 
 /// knockd's defaults (SEQ_TIMEOUT and CMD_TIMEOUT in knockd.c), in seconds.
 const KNOCKD_SEQ_TIMEOUT: u64 = 25;

@@ -14,7 +14,7 @@ use super::{
     command::{Kind, classify},
     stanza::Stanza,
 };
-use crate::config::Knock;
+use crate::net::Knock;
 
 pub(super) fn translate(path: &Path, conf: &Conf) -> Result<Imported> {
     let mut notes = Vec::new();
