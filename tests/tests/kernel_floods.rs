@@ -12,9 +12,9 @@ use xknock::{
     maps::source_key,
 };
 use xknock_tests::{
+    cpu::{pin, unpin},
     frame::Frame,
     harness::{A, B, Harness, SSH, ssh_knocks},
-    live::{pin, unpin},
 };
 
 /// Runs `f` on one CPU: the event budget is per CPU.
