@@ -70,24 +70,6 @@ fn knock_events_stay_within_the_budget_and_the_rest_are_counted() {
 }
 
 #[test]
-fn the_loader_turns_rate_and_burst_into_the_kernels_budget() {
-    let parse = |events: &str| {
-        Config::parse(
-            Path::new("t.toml"),
-            &format!("{}{events}", xknock_tests::harness::CONFIG),
-        )
-    };
-    let s = parse("[events]\nrate = 4\nburst = 3\n")
-        .expect("valid")
-        .settings(Default::default());
-    assert_eq!((s.event_cost_ns, s.event_burst_ns), (250_000_000, 750_000_000));
-    let none = parse("[events]\nrate = 0\n").expect("valid");
-    assert_eq!(none.settings(Default::default()).event_cost_ns, u64::MAX);
-    let e = parse("[events]\nburst = 0\n").expect_err("burst 0");
-    assert!(format!("{e:#}").contains("events.burst"), "{e:#}");
-}
-
-#[test]
 fn a_one_time_line_opens_once_even_with_nobody_to_replace_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("otp");
