@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the kernel tests through BPF_PROG_TEST_RUN, and the
-# end-to-end tests in private network namespaces. Needs root. Installs what is missing
-# first (scripts/bootstrap.sh).
+# Runs every test: unit tests and the unprivileged tests, the kernel tests through
+# BPF_PROG_TEST_RUN, and the end-to-end tests in private network namespaces. Needs
+# root. Installs what is missing first (scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +16,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --locked "$@" 2>&1 | tee "$log"
+# Every tier, in one run: the tests that need neither root nor the kernel (unit tests
+# and knock-loader/tests/unprivileged: what a plain `cargo test` of the default members
+# runs, as any user), xknock-tests' kernel tests (tests/tests/kernel, through
+# BPF_PROG_TEST_RUN) and hosts tests (tests/tests/hosts, network namespaces), and the
+# benchmark's own (bench). The eBPF crates build for the BPF target only.
+cargo test --locked --workspace --exclude knock-ebpf --exclude xknock-bench-ebpf "$@" 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "xknock: %d passed, %d failed\n", p, f }' "$log"

@@ -15,11 +15,5 @@ pub mod reconcile;
 /// The XDP program, built by build.rs from the knock-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 
-/// An XDP program that passes everything: the baseline benchmarks compare against.
-pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));
-
-/// The benchmark's traffic generator (see knock-ebpf/src/bin/xdp_gen.rs).
-pub static GEN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-gen"));
-
 /// The XDP program's name in the object.
 pub const PROGRAM_NAME: &str = "xknock";

@@ -2,11 +2,10 @@
 //! hosts in network namespaces. Everything a test creates is named uniquely for the
 //! run and removed on drop, also when the test panics.
 
-pub mod chart;
+pub mod cpu;
 pub mod frame;
 pub mod fuzz;
 pub mod harness;
-pub mod live;
 pub mod model;
 pub mod netns;
 pub mod setup;

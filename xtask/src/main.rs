@@ -73,16 +73,7 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("building xknock failed ({built})");
     }
     let status = Command::new("cargo")
-        .args([
-            "run",
-            "--release",
-            "--locked",
-            "-p",
-            "xknock-tests",
-            "--bin",
-            "xknock-bench",
-            "--",
-        ])
+        .args(["run", "--release", "--locked", "-p", "xknock-bench", "--"])
         .args(args)
         .status()
         .context("cannot run cargo")?;

@@ -15,9 +15,9 @@ use xknock::{
     net::source_key,
 };
 use xknock_tests::{
+    cpu::{pin, unpin},
     frame::Frame,
     harness::{A, B, Harness, SSH, ssh_knocks},
-    live::{pin, unpin},
 };
 
 /// Runs `f` on one CPU: the event budget is per CPU.
@@ -70,24 +70,6 @@ fn knock_events_stay_within_the_budget_and_the_rest_are_counted() {
         assert_eq!(kinds(&mut h, EventKind::Knock), 0);
     });
     assert_eq!(h.counter(Counter::EventsLost), 0);
-}
-
-#[test]
-fn the_loader_turns_rate_and_burst_into_the_kernels_budget() {
-    let parse = |events: &str| {
-        Config::parse(
-            Path::new("t.toml"),
-            &format!("{}{events}", xknock_tests::harness::CONFIG),
-        )
-    };
-    let s = parse("[events]\nrate = 4\nburst = 3\n")
-        .expect("valid")
-        .settings(Default::default());
-    assert_eq!((s.event_cost_ns, s.event_burst_ns), (250_000_000, 750_000_000));
-    let none = parse("[events]\nrate = 0\n").expect("valid");
-    assert_eq!(none.settings(Default::default()).event_cost_ns, u64::MAX);
-    let e = parse("[events]\nburst = 0\n").expect_err("burst 0");
-    assert!(format!("{e:#}").contains("events.burst"), "{e:#}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! probes a protected port the whole time, and no probe is ever answered. Descriptor
 //! exhaustion through `--metrics`, a failed upgrade, reloads that reorder and remove
 //! sequences, a reload failing part way, a process that holds the program without
-//! being `run`; and the expiry sweep racing a renewal.
+//! being `run`. (The expiry sweep racing a renewal, which needs no hosts, is in
+//! tests/tests/kernel/faults.rs.)
 
 use std::{
     fs,
@@ -12,7 +13,6 @@ use std::{
 };
 
 use xknock_tests::{
-    harness::Harness,
     netns::{in_netns, ssh_banner, ssh_exchange},
     setup::{SERIAL, Setup},
 };
@@ -295,31 +295,4 @@ fn a_process_holding_the_program_is_not_taken_for_run() {
     s.start_run("second.jsonl");
     s.wait_log("adopted the state pinned");
     drop(link);
-}
-
-#[test]
-fn the_expiry_sweep_removes_only_what_is_still_expired() {
-    let mut h = Harness::new();
-    let key = xknock::net::source_key("198.18.0.7".parse().expect("addr"), 0);
-    let now = h.now_ns();
-    let auth =
-        |expires_ns| knock_common::Authorization::new(now - 1, expires_ns, knock_common::Origin::Knock);
-    // Renewed in place by a re-knock after the sweep read it as expired.
-    h.state
-        .authorize(&key, &auth(now + 5_000_000_000))
-        .expect("authorize");
-    assert!(
-        !h.state.unauthorize_expired(&key, now).expect("sweep"),
-        "a renewal stays"
-    );
-    assert!(h.authorized("198.18.0.7", 0), "and admits");
-    h.advance(Duration::from_secs(10));
-    assert!(
-        h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"),
-        "expired: removed"
-    );
-    assert!(
-        !h.state.unauthorize_expired(&key, h.now_ns()).expect("sweep"),
-        "gone: nothing to remove"
-    );
 }

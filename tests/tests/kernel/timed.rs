@@ -128,48 +128,6 @@ fn each_period_opens_with_its_own_knocks_and_a_sniffed_sequence_dies_after_the_g
 }
 
 #[test]
-fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let secret =
-        TimedSecret::generate(Duration::from_secs(PERIOD), 3, 30000..=30999, PROTO_UDP).expect("secret");
-    let file = dir.path().join("s.secret");
-    secret.write_new(&file).expect("write");
-    let timed = format!(
-        "[[sequence]]\nname = \"door\"\nsecret_file = \"{}\"\nprotect = [\"2222/tcp\"]\n",
-        file.display()
-    );
-    let cases = [
-        (
-            format!("{timed}knocks = [\"1/tcp\", \"2/tcp\"]\n"),
-            "takes its knocks from the secret",
-        ),
-        (format!("{timed}grace = \"16s\"\n"), "more than half"),
-        (
-            format!(
-                "{timed}[[sequence]]\nname = \"x\"\nknocks = [\"30500/udp\", \"1/tcp\"]\nprotect = [\"22/tcp\"]\n"
-            ),
-            "30500/udp is in the port range",
-        ),
-        (
-            format!(
-                "{timed}\n[spa]\nport = 30001\n[[spa.client]]\nname = \"a\"\nkey_id = \"0011223344556677\"\n\
-                 key = \"{}\"\nsequences = [\"door\"]\n",
-                "ab".repeat(32)
-            ),
-            "spa.port: 30001/udp is in the port range of time-based sequence",
-        ),
-        (
-            "[[sequence]]\nname = \"x\"\nprotect = [\"22/tcp\"]\n".to_string(),
-            "knocks: missing",
-        ),
-    ];
-    for (toml, expected) in cases {
-        let e = Config::parse(Path::new("/t.toml"), &toml).expect_err(expected);
-        assert!(format!("{e:#}").contains(expected), "{expected}: {e:#}");
-    }
-}
-
-#[test]
 fn a_periods_knocks_stop_at_its_end_and_grace_with_nobody_rewriting_the_tables() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, secret, mut h) = setup(dir.path());

@@ -1,4 +1,4 @@
-//! Live throughput for the benchmark: a generator namespace sends frames with
+//! The benchmark's rig for live throughput: a generator namespace sends frames with
 //! `BPF_PROG_TEST_RUN` live frames (the xdp-gen program, XDP_TX) over a veth pair to
 //! a receiver namespace where the program under test is attached in native mode. The
 //! generator runs pinned to one CPU, and the receiver's packet processing (veth's NAPI
@@ -18,7 +18,10 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 
-use crate::{sh, unique};
+use xknock_tests::{
+    cpu::{pin, unpin},
+    sh, unique,
+};
 
 /// Two namespaces joined by a veth pair; removed on drop.
 pub struct Pair {
@@ -165,35 +168,12 @@ pub fn attach_native(pair: &Pair, prog: &mut Xdp) {
     });
 }
 
-/// Pins this thread to `cpu`; returns the CPUs it could use before.
-pub fn pin(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: zeroed cpu_set_t values (valid: no CPUs) passed by pointer with their size.
-    let (old, ok) = unsafe {
-        let mut old: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        (
-            old,
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-        )
-    };
-    assert_eq!(ok, 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
-    old
-}
-
 /// Sets this thread's scheduling policy (SCHED_IDLE or SCHED_OTHER).
 fn set_policy(policy: libc::c_int) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: changes this thread's scheduling policy only.
     let ok = unsafe { libc::sched_setscheduler(0, policy, &param) };
     assert_eq!(ok, 0, "sched_setscheduler: {}", std::io::Error::last_os_error());
-}
-
-/// Gives this thread back the CPUs `pin` took from it.
-pub fn unpin(cpus: &libc::cpu_set_t) {
-    // SAFETY: a set sched_getaffinity filled, passed with its size.
-    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), cpus) };
 }
 
 /// The generator: xdp-gen loaded once, run with live frames.
@@ -203,7 +183,7 @@ pub struct Generator {
 
 impl Generator {
     pub fn new() -> Generator {
-        let mut ebpf = Ebpf::load(xknock::kernel::GEN_OBJECT).expect("load the generator");
+        let mut ebpf = Ebpf::load(crate::GEN_OBJECT).expect("load the generator");
         let prog: &mut Xdp = ebpf
             .program_mut("xdp_gen")
             .expect("xdp_gen")

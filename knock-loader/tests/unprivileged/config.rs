@@ -1,10 +1,15 @@
 //! Configuration: what is accepted, what the kernel tables become, and that every
 //! refusal names the file, the line and the key.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
-use knock_common::{PortRule, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, TCP_ACK, TCP_FIN, TCP_SYN, port_rule_index};
-use xknock::config::{Config, XdpMode};
+use knock_common::{
+    PROTO_UDP, PortRule, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, TCP_ACK, TCP_FIN, TCP_SYN, port_rule_index,
+};
+use xknock::{
+    config::{Config, XdpMode},
+    timed::TimedSecret,
+};
 
 fn parse(text: &str) -> Result<Config, String> {
     Config::parse(Path::new("/etc/xknock/test.toml"), text).map_err(|e| format!("{e:#}"))
@@ -326,4 +331,60 @@ fn a_public_port_that_is_also_a_knock_protected_or_spa_port_is_refused() {
     .expect("valid");
     assert_eq!(c.stealth.expect("on").public.len(), 2);
     assert!(parse(SEQ).expect("valid").stealth.is_none(), "off by default");
+}
+
+// [events]: the budget of per-packet events the kernel keeps.
+#[test]
+fn the_loader_turns_rate_and_burst_into_the_kernels_budget() {
+    let parse = |events: &str| Config::parse(Path::new("t.toml"), &format!("{SEQ}{events}"));
+    let s = parse("[events]\nrate = 4\nburst = 3\n")
+        .expect("valid")
+        .settings(Default::default());
+    assert_eq!((s.event_cost_ns, s.event_burst_ns), (250_000_000, 750_000_000));
+    let none = parse("[events]\nrate = 0\n").expect("valid");
+    assert_eq!(none.settings(Default::default()).event_cost_ns, u64::MAX);
+    let e = parse("[events]\nburst = 0\n").expect_err("burst 0");
+    assert!(format!("{e:#}").contains("events.burst"), "{e:#}");
+}
+
+// Time-based sequences: what their port range rules out.
+#[test]
+fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = TimedSecret::generate(Duration::from_secs(30), 3, 30000..=30999, PROTO_UDP).expect("secret");
+    let file = dir.path().join("s.secret");
+    secret.write_new(&file).expect("write");
+    let timed = format!(
+        "[[sequence]]\nname = \"door\"\nsecret_file = \"{}\"\nprotect = [\"2222/tcp\"]\n",
+        file.display()
+    );
+    let cases = [
+        (
+            format!("{timed}knocks = [\"1/tcp\", \"2/tcp\"]\n"),
+            "takes its knocks from the secret",
+        ),
+        (format!("{timed}grace = \"16s\"\n"), "more than half"),
+        (
+            format!(
+                "{timed}[[sequence]]\nname = \"x\"\nknocks = [\"30500/udp\", \"1/tcp\"]\nprotect = [\"22/tcp\"]\n"
+            ),
+            "30500/udp is in the port range",
+        ),
+        (
+            format!(
+                "{timed}\n[spa]\nport = 30001\n[[spa.client]]\nname = \"a\"\nkey_id = \"0011223344556677\"\n\
+                 key = \"{}\"\nsequences = [\"door\"]\n",
+                "ab".repeat(32)
+            ),
+            "spa.port: 30001/udp is in the port range of time-based sequence",
+        ),
+        (
+            "[[sequence]]\nname = \"x\"\nprotect = [\"22/tcp\"]\n".to_string(),
+            "knocks: missing",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let e = Config::parse(Path::new("/t.toml"), &toml).expect_err(expected);
+        assert!(format!("{e:#}").contains(expected), "{expected}: {e:#}");
+    }
 }

@@ -228,21 +228,3 @@ fn the_verifier_has_headroom() {
         "the verifier processed {n} instructions: too close to its limit"
     );
 }
-
-#[test]
-fn the_benchmark_programs_load() {
-    xknock_tests::require_root();
-    for (object, name) in [
-        (xknock::kernel::PASS_OBJECT, "xdp_pass"),
-        (xknock::kernel::GEN_OBJECT, "xdp_gen"),
-    ] {
-        let mut ebpf = aya::Ebpf::load(object).unwrap_or_else(|e| panic!("{name} object: {e}"));
-        let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut(name)
-            .expect("the program")
-            .try_into()
-            .expect("an XDP program");
-        prog.load()
-            .unwrap_or_else(|e| panic!("the verifier refused {name}: {e}"));
-    }
-}

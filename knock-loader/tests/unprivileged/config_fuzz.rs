@@ -11,7 +11,7 @@ use xknock::config::Config;
 const PATH: &str = "/etc/xknock/fuzz.toml";
 
 const SEEDS: &[&str] = &[
-    include_str!("../../examples/xknock.toml"),
+    include_str!("../../../examples/xknock.toml"),
     r#"
 interface = ["eth0", "eth1"]
 xdp_mode = "skb"

@@ -12,15 +12,17 @@ use std::{
     time::Duration,
 };
 
+use crate::xknock_bin;
 use knock_common::{TCP_ACK, TCP_SYN};
 use xknock::{
     config::{Config, Sequence},
     knockd::{Imported, import, import_file},
 };
-use xknock_tests::xknock_bin;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Debian's knockd helper, which this machine does not have: xknock refuses an

@@ -6,15 +6,11 @@
 use std::{cell::RefCell, fmt::Write as _, net::IpAddr, time::Duration};
 
 use knock_common::Counter;
-use xknock_tests::{
-    frame::Frame,
-    harness::Harness,
-    live::{Flood, GENERATOR_CPU, Knockd, Netfilter, Pair, send_probes},
-    sh,
-};
+use xknock_tests::{frame::Frame, harness::Harness, sh};
 
 use crate::{
     Csv,
+    rig::{Flood, GENERATOR_CPU, Knockd, Netfilter, Pair, send_probes},
     setups::{netfilter_pair, passing_pair, xknock_harness, xknock_harness_large, xknock_pair_with},
 };
 

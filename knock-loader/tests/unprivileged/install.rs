@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
-use xknock_tests::xknock_bin;
+use crate::xknock_bin;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

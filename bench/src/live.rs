@@ -5,13 +5,11 @@ use std::{fmt::Write as _, time::Duration};
 
 use aya::programs::Xdp;
 
-use xknock_tests::{
-    frame::{ACK, Frame},
-    live::{Generator, Knockd, Netfilter, Pair, receiver_cpu_ns},
-};
+use xknock_tests::frame::{ACK, Frame};
 
 use crate::{
     Csv,
+    rig::{Generator, Knockd, Netfilter, Pair, receiver_cpu_ns},
     setups::{empty_program, netfilter_pair, passing_pair, xknock_pair},
 };
 

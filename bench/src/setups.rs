@@ -2,10 +2,9 @@
 //! netfilter rulesets behind it, each on a fresh veth pair.
 
 use aya::{Ebpf, programs::Xdp};
-use xknock_tests::{
-    harness::Harness,
-    live::{Netfilter, Pair, attach_native},
-};
+use xknock_tests::harness::Harness;
+
+use crate::rig::{Netfilter, Pair, attach_native};
 
 /// The benchmark's sequences (the same ports as the netfilter rulesets' and knockd's;
 /// long timeouts), with the clock and bans out of the way.
@@ -39,7 +38,7 @@ authorized = 1048640
 /// Loads a fresh empty program (each live run attaches its own); `empty_program`
 /// finds it in the object.
 pub fn load_empty_program() -> Ebpf {
-    let mut ebpf = Ebpf::load(xknock::kernel::PASS_OBJECT).expect("load the empty program");
+    let mut ebpf = Ebpf::load(crate::PASS_OBJECT).expect("load the empty program");
     empty_program(&mut ebpf).load().expect("the empty program loads");
     ebpf
 }
@@ -95,4 +94,23 @@ pub fn xknock_pair_with(mut h: Harness) -> (Pair, Harness) {
     let pair = Pair::new();
     attach_native(&pair, h.program_mut());
     (pair, h)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The verifier takes both of the benchmark's programs (needs root).
+    #[test]
+    fn the_benchmark_programs_load() {
+        xknock_tests::require_root();
+        for (object, name) in [(crate::PASS_OBJECT, "xdp_pass"), (crate::GEN_OBJECT, "xdp_gen")] {
+            let mut ebpf = aya::Ebpf::load(object).unwrap_or_else(|e| panic!("{name} object: {e}"));
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(name)
+                .expect("the program")
+                .try_into()
+                .expect("an XDP program");
+            prog.load()
+                .unwrap_or_else(|e| panic!("the verifier refused {name}: {e}"));
+        }
+    }
 }

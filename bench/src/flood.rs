@@ -17,10 +17,11 @@ use std::{
 };
 
 use aya::programs::ProgramInfo;
-use xknock_tests::{BpfFs, frame::Frame, live::Pair, unique, xknock_bin};
+use xknock_tests::{BpfFs, frame::Frame, unique, xknock_bin};
 
 use crate::{
     Csv,
+    rig::Pair,
     setups::{SEQUENCES, empty_program, passing_pair},
 };
 
@@ -204,7 +205,7 @@ struct Measured {
 /// One flood of `frame` (every frame a new source), after a warm-up; `stats` gives
 /// the program's run time and count and the lines `run` printed so far.
 fn flood(
-    generator: &mut xknock_tests::live::Generator,
+    generator: &mut crate::rig::Generator,
     pair: &Pair,
     frame: &[u8],
     stats: &dyn Fn() -> (Duration, u64, u64),
@@ -264,7 +265,7 @@ const KINDS: [Kind; 4] = [
 /// the events, against the empty program measured in the same rounds.
 pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
     let stats_on = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time statistics");
-    let mut generator = xknock_tests::live::Generator::new();
+    let mut generator = crate::rig::Generator::new();
     // Declared before the daemon: dropped after it.
     let (base_pair, mut pass) = passing_pair();
     let our_pair = Pair::new();
@@ -298,7 +299,7 @@ pub fn flood_table(md: &mut String, csv: &mut Csv) -> Vec<Row> {
     let mut knock_pps: Vec<f64> = vec![];
     for round in 0..ROUNDS {
         // The empty program's floods first in even rounds, last in odd ones.
-        let mut base_round = |generator: &mut xknock_tests::live::Generator| {
+        let mut base_round = |generator: &mut crate::rig::Generator| {
             for &port in &ports {
                 let frame = frame_to(&base_pair, port);
                 empty.push(flood(generator, &base_pair, &frame, &base_stats).ns);
