@@ -172,7 +172,7 @@ pub fn attach_native(pair: &Pair, prog: &mut Xdp) {
 fn set_policy(policy: libc::c_int) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: changes this thread's scheduling policy only.
-    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    let ok = unsafe { libc::sched_setscheduler(0, policy, &raw const param) };
     assert_eq!(ok, 0, "sched_setscheduler: {}", std::io::Error::last_os_error());
 }
 

@@ -29,11 +29,11 @@ failures = 0
 
 /// Room for a million sources in progress and authorized (the default is 65,536 and
 /// 16,384).
-pub const LIMITS: &str = r#"
+pub const LIMITS: &str = r"
 [limits]
 in_progress = 1048640
 authorized = 1048640
-"#;
+";
 
 /// Loads a fresh empty program (each live run attaches its own); `empty_program`
 /// finds it in the object.

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// The SPA request format's version (the first payload byte); see the README.
+/// The SPA request format's version (the first payload byte); see docs/spa.md.
 pub const SPA_VERSION: u8 = 1;
 /// Bytes of a client's key id, after the version byte.
 pub const SPA_KEY_ID_LEN: usize = 8;

@@ -40,7 +40,7 @@ use parse::{Packet, Parsed, Transport};
 const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 /// How long a kept connection lives on after a FIN from its source, counted from its
 /// latest packet: long enough for the closing ACKs, short enough that the flow does
-/// not outlive the connection (README, "Kept connections").
+/// not outlive the connection (docs/design.md, "What the filter does").
 const FLOW_LINGER_NS: u64 = 5_000_000_000;
 
 #[xdp]

@@ -6,12 +6,12 @@ pub fn pin(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: zeroed cpu_set_t values (valid: no CPUs) passed by pointer with their size.
     let (old, ok) = unsafe {
         let mut old: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut old);
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         (
             old,
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
         )
     };
     assert_eq!(ok, 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());

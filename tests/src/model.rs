@@ -1,7 +1,7 @@
-//! A reference model of the filter in plain Rust, written from SPEC.md and the
-//! README's safety rules rather than from the kernel code: given the configuration,
-//! its own state and a frame, it says what the verdict must be. The differential
-//! fuzzer runs it side by side with the XDP program.
+//! A reference model of the filter in plain Rust, written from docs/SPEC.md and the
+//! safety rules of docs/design.md rather than from the kernel code: given the
+//! configuration, its own state and a frame, it says what the verdict must be. The
+//! differential fuzzer runs it side by side with the XDP program.
 
 use std::collections::HashMap;
 
@@ -277,7 +277,7 @@ impl Model {
         self.stealth.as_ref().map(|(_, r)| *r)
     }
 
-    /// Whether stealth hides `port` (one no sequence uses): README "Stealth", every
+    /// Whether stealth hides `port` (one no sequence uses): docs/design.md "Stealth", every
     /// port but the public ones and, for UDP, the ephemeral range.
     pub fn hidden(&self, port: Knock) -> bool {
         self.stealth.as_ref().is_some_and(|(public, (low, high))| {
@@ -437,7 +437,7 @@ impl Model {
         DROP
     }
 
-    /// SPEC.md's sequence rules for one source and sequence.
+    /// docs/SPEC.md's sequence rules (Semantics) for one source and sequence.
     fn step(&mut self, i: usize, src: [u8; 16], port: Knock, is_knock: bool, now: u64) {
         let s = self.seqs[i].clone();
         let key = (src, i as u8);

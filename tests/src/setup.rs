@@ -271,7 +271,7 @@ impl Setup {
                                 counts[1].fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                    })
+                    });
                 })
             })
             .collect();
@@ -301,8 +301,8 @@ impl Setup {
                     "-q",
                 ])
                 .args(["-S", "-p", &port.to_string(), &dst])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .status()
                 .expect("start hping3");
             // timeout(1) exits 124 when it had to stop the flood, as intended.

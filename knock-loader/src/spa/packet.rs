@@ -1,4 +1,4 @@
-//! The SPA wire format, version 1 (README, "Wire format"): a 33-byte clear header
+//! The SPA wire format, version 1 (docs/spa.md, "Wire format"): a 33-byte clear header
 //! (version, key id, nonce), then the request sealed with XChaCha20-Poly1305 under the
 //! client's key with the header as associated data. All integers are little-endian.
 //! Parsing reads through a bounds-checked cursor, so no input can make it panic.
@@ -41,7 +41,7 @@ pub const ACCESS_PORT: u8 = 1;
 pub struct Request {
     /// The client's clock, Unix milliseconds.
     pub timestamp_ms: u64,
-    /// Seconds to open for; 0 lets the server choose (see the README).
+    /// Seconds to open for; 0 lets the server choose (see docs/spa.md).
     pub open_for_s: u32,
     /// The address to authorize; `None` for the packet's own source.
     pub addr: Option<IpAddr>,
@@ -155,7 +155,7 @@ impl Request {
 }
 
 /// The nonce of a request: `random` (16 fresh random bytes), then the check value
-/// under `key`'s check key (README, "Wire format"), which the kernel verifies.
+/// under `key`'s check key (docs/spa.md, "Wire format"), which the kernel verifies.
 pub fn checked_nonce(key_id: KeyId, key: &Key, random: [u8; 16]) -> [u8; NONCE_LEN] {
     let word = |b: &[u8]| {
         let mut w = [0; 8];
@@ -341,7 +341,7 @@ mod tests {
         );
     }
 
-    /// The key, key id and request of the README's test vectors.
+    /// The key, key id and request of the test vectors of docs/spa.md.
     fn readme_vector() -> (Key, KeyId, Request) {
         let key = Key::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
             .expect("valid key");
@@ -355,7 +355,7 @@ mod tests {
         (key, id, request)
     }
 
-    /// The README's test vector, for people writing other clients (checked against an
+    /// The test vector of docs/spa.md, for people writing other clients (checked against an
     /// independent XChaCha20-Poly1305: HChaCha20 by hand, then IETF ChaCha20-Poly1305).
     #[test]
     fn the_readme_test_vector() {
@@ -372,7 +372,7 @@ mod tests {
         );
     }
 
-    /// The README's test vector of the check value, and the request sealed with it.
+    /// The test vector of docs/spa.md of the check value, and the request sealed with it.
     #[test]
     fn the_readme_check_vector() {
         let (key, id, request) = readme_vector();

@@ -171,7 +171,7 @@ fn the_config_parser_survives_hostile_input() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let mut rng = SmallRng::seed_from_u64(0x636f6e66);
+    let mut rng = SmallRng::seed_from_u64(0x636f_6e66);
     let (mut accepted, mut refused) = (0, 0);
     for i in 0..count {
         let seed = *SEEDS.choose(&mut rng).expect("seeds");

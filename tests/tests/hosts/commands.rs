@@ -29,7 +29,7 @@ fn wait_for(limit: Duration, what: &str, cond: impl Fn() -> bool) {
 
 #[test]
 fn commands_run_on_open_and_close_with_the_values_and_a_slow_one_is_killed() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
     // Appends its arguments, one per line, to the file named first.

@@ -52,15 +52,15 @@ fn raise_own_limit() {
     };
     // SAFETY: plain get/setrlimit on this process.
     unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
         limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
     }
 }
 
 #[test]
 fn descriptor_exhaustion_through_metrics_leaves_the_filter_attached() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_own_limit();
     let s = Setup::with_run_args("", &["--metrics", "9464"]);
     let pid = s.hosts.last_child_pid();
@@ -137,7 +137,7 @@ fn descriptor_exhaustion_through_metrics_leaves_the_filter_attached() {
 
 #[test]
 fn a_failed_upgrade_leaves_the_old_program_filtering() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::with_run_args("", &["--keep-attached"]);
     knock(&s, 0, &SSH_KNOCKS);
     s.wait_event("open", s.hosts.clients[0].v4);
@@ -181,7 +181,7 @@ fn a_failed_upgrade_leaves_the_old_program_filtering() {
 
 #[test]
 fn reloads_that_reorder_and_remove_sequences_never_admit_on_another_sequences_authorization() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let config = s.dir.join("xknock.toml");
     let (a, b, c) = (
@@ -233,7 +233,7 @@ fn reloads_that_reorder_and_remove_sequences_never_admit_on_another_sequences_au
 
 #[test]
 fn a_reload_failing_part_way_stays_closed_and_completes_on_retry() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::new();
     // Six failures: the first attempt and five retries, about 2.5 s.
     s.run_env = vec!["XKNOCK_FAULTS=reload-midway:6".into()];
@@ -269,7 +269,7 @@ fn a_reload_failing_part_way_stays_closed_and_completes_on_retry() {
 
 #[test]
 fn a_process_holding_the_program_is_not_taken_for_run() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::with_run_args("", &["--keep-attached"]);
     let pin_dir = s.fs.pin_dir();
     let pin = pin_dir.to_str().expect("utf-8").to_owned();

@@ -9,7 +9,7 @@ use xknock_tests::setup::{SERIAL, Setup};
 
 #[test]
 fn a_spoofed_first_knock_flood_costs_a_line_a_second_and_every_open_appears_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().expect("temp dir");
     let calls = tmp.path().join("calls");
     let script = tmp.path().join("record.sh");

@@ -21,7 +21,7 @@ fn knock(s: &Setup, i: usize, knocks: &[&str]) {
 
 #[test]
 fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::with_run_args("", &["--keep-attached"]);
     knock(&s, 0, &["7000", "8000/udp", "9000"]);
     s.wait_event("open", s.hosts.clients[0].v4);
@@ -60,7 +60,7 @@ fn a_restart_with_keep_attached_has_no_gap_and_keeps_every_authorization() {
 
 #[test]
 fn maps_of_another_layout_or_size_are_refused_and_down_removes_everything() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::new();
     let pin_dir = s.fs.pin_dir();
     let first = s.prog_id(0).expect("attached");
@@ -143,7 +143,7 @@ fn sequence(name: &str, knocks: &str) -> String {
 
 #[test]
 fn reload_moves_authorizations_with_their_sequence_and_refuses_an_invalid_config() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let config = s.dir.join("xknock.toml");
     let reload = |times: usize, expect: &str| s.reload(times, expect);
@@ -203,7 +203,7 @@ fn reload_moves_authorizations_with_their_sequence_and_refuses_an_invalid_config
 
 #[test]
 fn interfaces_that_go_down_appear_late_or_are_created_again_are_filtered() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let late = unique("xks");
     let mut s = Setup::with_run_args("", &["--iface", &late]);
     s.wait_log("no such interface (yet)");

@@ -59,7 +59,7 @@ fn value(m: &HashMap<String, f64>, name: &str) -> f64 {
 
 #[test]
 fn metrics_follow_knocks_authorizations_and_connections() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let port = PORT.to_string();
     let s = Setup::with_run_args("", &["--metrics", &port]);
     let (server, client) = (s.hosts.server_v4[0], s.hosts.clients[0].v4);

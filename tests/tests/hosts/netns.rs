@@ -12,7 +12,7 @@ use xknock_tests::{
 
 #[test]
 fn sshd_opens_only_after_the_knock_and_only_for_the_knocker() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let server = s.hosts.server_v4[0];
     let other_server = s.hosts.server_v4[1];
@@ -95,7 +95,7 @@ fn sshd_opens_only_after_the_knock_and_only_for_the_knocker() {
 
 #[test]
 fn knockd_knock_and_nmap_work_as_clients_over_ipv4_and_ipv6() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let (v4, v6) = (s.hosts.server_v4[0], s.hosts.server_v6[0]);
 
@@ -159,7 +159,7 @@ fn knockd_knock_and_nmap_work_as_clients_over_ipv4_and_ipv6() {
 
 #[test]
 fn sigterm_detaches_and_exits_zero() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::new();
     let status = s.signal_run(libc::SIGTERM);
     assert!(status.success(), "run exit status {status}");
@@ -172,7 +172,7 @@ fn sigterm_detaches_and_exits_zero() {
 
 #[test]
 fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::new();
     let server = s.hosts.server_v4[0];
     let client = s.hosts.clients[0].v4;
@@ -228,7 +228,7 @@ fn a_killed_run_keeps_filtering_and_the_next_run_adopts_its_state() {
 
 #[test]
 fn allow_and_revoke_from_a_second_shell() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::new();
     let server = s.hosts.server_v6[0];
     let client = s.hosts.clients[0].v6;
@@ -279,7 +279,7 @@ fn allow_and_revoke_from_a_second_shell() {
 
 #[test]
 fn a_brute_forcer_is_banned_and_unban_lifts_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let s = Setup::with_config("\n[ban]\nfailures = 2\nwindow = \"1m\"\nban_for = \"10m\"\n");
     let server = s.hosts.server_v4[0].to_string();
     let client = s.hosts.clients[0].v4;
@@ -344,7 +344,7 @@ fn syn_scan(s: &Setup, target: std::net::IpAddr) -> String {
 
 #[test]
 fn stealth_shows_a_syn_scan_one_wall_with_only_the_public_port_open() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut s = Setup::new();
     let server = s.hosts.server_v4[0];
     // Something to serve on the public port: the kernel completes handshakes into

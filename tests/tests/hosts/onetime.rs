@@ -24,7 +24,7 @@ fn knock(s: &Setup, knocks: &[&str]) {
 
 #[test]
 fn each_one_time_sequence_opens_once_and_the_file_remembers_across_a_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("door.otp");
     std::fs::write(
@@ -92,7 +92,7 @@ impl Drop for TinyFs {
 
 #[test]
 fn a_used_line_stays_used_when_its_file_cannot_be_written() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let disk = TinyFs::new();
     let file = disk.0.join("door.otp");
     std::fs::write(&file, "31000,31001:udp,31002\n32000/udp 32001\n").expect("write");
@@ -142,7 +142,7 @@ fn a_used_line_stays_used_when_its_file_cannot_be_written() {
 
 #[test]
 fn a_line_used_while_run_is_stopped_and_its_ring_full_opens_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("door.otp");
     std::fs::write(&file, "31000,31001:udp,31002\n32000/udp 32001\n").expect("write");

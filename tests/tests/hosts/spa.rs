@@ -77,7 +77,7 @@ fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
 
 #[test]
 fn a_request_opens_for_its_sender_and_forgeries_are_rejected_with_their_reason() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, key_file) = keygen(dir.path());
     let mut s = Setup::with_config(&config);
@@ -166,7 +166,7 @@ const FLOOD_MAX: u32 = 2_000_000;
 
 #[test]
 fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, key_file) = keygen(dir.path());
     let s = Setup::with_config(&config);
@@ -185,11 +185,11 @@ fn a_flood_of_spa_packets_does_not_keep_a_valid_request_out() {
         in_netns(&flooder, move || {
             let sock = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
             let mut datagram = [0u8; 120];
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(20);
             let mut sent = 0u32;
             while sent < FLOOD_MAX
                 && !flooding.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
+                && Instant::now() < deadline
             {
                 datagram[0] = 1;
                 if sent.is_multiple_of(2) {
@@ -282,7 +282,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn a_reload_onto_a_new_replay_file_keeps_refusing_replays() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, key_file) = keygen(dir.path());
     let mut s = Setup::with_config(&config);
@@ -373,7 +373,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_for_the_replay_file_refuses_requests_until_there_is_room() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let disk = Tmpfs::new("64k");
     let (config, key_file) = keygen(dir.path());
@@ -489,7 +489,7 @@ fn spoof(
 #[test]
 fn a_spoofed_flood_under_the_victims_address_and_key_id_does_not_keep_it_out() {
     use std::sync::{Arc, atomic::AtomicBool};
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, key_file) = keygen(dir.path());
     let s = Setup::with_config(&config);

@@ -118,7 +118,7 @@ fn victim_successes(extra: &str) -> (usize, u64) {
 
 #[test]
 fn ignoring_wrong_knocks_defeats_spoofed_resets() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (reset, sent_reset) = victim_successes("");
     let (ignore, sent_ignore) = victim_successes("wrong_knock = \"ignore\"\n");
     println!(

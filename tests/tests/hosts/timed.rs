@@ -13,7 +13,7 @@ use xknock_tests::{
 
 #[test]
 fn the_current_knocks_open_and_a_sniffed_sequence_stops_after_its_grace() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("door.secret");
     let out = std::process::Command::new(xknock_bin())

@@ -164,7 +164,7 @@ fn regression_frames_keep_their_verdicts() {
 #[test]
 fn the_program_agrees_with_the_model_and_never_passes_an_unauthorized_frame() {
     let frames = env_u64("XKNOCK_FUZZ_FRAMES", 1_000_000);
-    let seed = env_u64("XKNOCK_FUZZ_SEED", 0x6b6e6f636b);
+    let seed = env_u64("XKNOCK_FUZZ_SEED", 0x006b_6e6f_636b);
     fuzz(CONFIG, frames - frames / 2, seed, false);
     // Another seed for the second half, derived from the first.
     fuzz(&stealth_config(), frames / 2, seed ^ 0x5354_4541_4c54, true);

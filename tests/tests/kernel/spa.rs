@@ -238,7 +238,7 @@ fn on_cpu0() {
     let ok = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
     };
     assert_eq!(ok, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
 }
@@ -313,9 +313,9 @@ fn listed_sources_are_dropped_too_and_denied_ones_never_reach_userspace() {
     assert_eq!(h.counter(Counter::DropDenied), 1);
 }
 
-/// Not a test: the in-kernel cost of each kind of datagram to the SPA port, for the
-/// README (`cargo test --test kernel_spa -- --ignored --nocapture`). No assertions
-/// on time.
+/// Not a test: the in-kernel cost of each kind of datagram to the SPA port, for
+/// docs/spa.md (`cargo test -p xknock-tests --test kernel -- spa:: --ignored
+/// --nocapture`). No assertions on time.
 #[test]
 #[ignore = "a measurement; run by hand"]
 fn measure_the_cost_of_each_kind_of_datagram() {

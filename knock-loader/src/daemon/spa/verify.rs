@@ -1,6 +1,7 @@
 //! From (source address, payload, now) to a grant or a rejection, checking in the
-//! README's order: format, key id, tag, time, address, access, replay. Nothing about
-//! unauthenticated data is told apart beyond "malformed", "unknown key" and "bad tag".
+//! order of docs/spa.md, "Verification": format, key id, tag, time, address, access,
+//! replay. Nothing about unauthenticated data is told apart beyond "malformed",
+//! "unknown key" and "bad tag".
 
 use std::{
     collections::HashMap,
@@ -910,8 +911,8 @@ mod tests {
 
     /// Not a test: how fast the verifier refuses what a spoofer could hand it (a
     /// request-shaped datagram under a client's key id, a bad tag), and refuses a
-    /// replay, for the README (`cargo test --release -p knock-loader verifier_rate
-    /// -- --ignored --nocapture`). No assertions on time.
+    /// replay, for docs/spa.md (`cargo test --release -p knock-loader verifier_rate --
+    /// --ignored --nocapture`). No assertions on time.
     #[test]
     #[ignore = "a measurement; run by hand"]
     fn verifier_rate() {
