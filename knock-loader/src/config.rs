@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::net::Knock;
 use crate::{
-    spa::{Key, KeyId},
+    spa::{Key, KeyId, fwknop},
     timed::TimedSecret,
 };
 use template::Template;
@@ -164,8 +164,26 @@ pub struct SpaConfig {
     pub window: Duration,
     /// Where the replay cache is kept across restarts of `run`.
     pub replay_file: PathBuf,
-    /// At least one; names, key ids and keys all distinct.
+    /// Names, key ids and keys all distinct; with `fwknop`, at least one client.
     pub clients: Vec<SpaClient>,
+    /// fwknop's clients (`[[spa.fwknop]]`), on the same port.
+    pub fwknop: Vec<FwknopClient>,
+}
+
+/// One `[[spa.fwknop]]`: a client of fwknop's (Rijndael + HMAC mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FwknopClient {
+    pub name: String,
+    /// Its encryption and HMAC keys (distinct) and HMAC digest.
+    pub keys: fwknop::Keys,
+    /// The sequences it may open, by name; a request's ports open those of them that
+    /// protect the ports.
+    pub sequences: Vec<String>,
+    /// The longest client timeout honoured.
+    pub max_open: Duration,
+    /// Authorize the address the request names (not only the packet's source or
+    /// `0.0.0.0`).
+    pub behind_nat: bool,
 }
 
 /// One `[[spa.client]]`.

@@ -5,6 +5,7 @@
 //! and passes its payload to `xknock run`, whose verifier (`daemon::spa`) turns it
 //! into a grant or a rejection; `client::spa` is the sending side.
 
+pub mod fwknop;
 pub mod keys;
 pub mod packet;
 

@@ -46,12 +46,25 @@ pub fn check(args: &CheckArgs) -> Result<()> {
                 if c.behind_nat { ", behind NAT" } else { "" }
             );
         }
+        for c in &spa.fwknop {
+            println!(
+                "    fwknop client {} (HMAC {}): may open {} for up to {}{}",
+                c.name,
+                c.keys.digest,
+                c.sequences.join(" "),
+                human(c.max_open),
+                if c.behind_nat { ", behind NAT" } else { "" }
+            );
+        }
     }
     Ok(())
 }
 
 fn print_sequence(s: &Sequence) {
     let mut knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+    if knocks.is_empty() && s.one_time.is_none() && s.timed.is_none() {
+        knocks.push("none (only SPA and allow open it)".into());
+    }
     if let Some(file) = &s.one_time {
         knocks.push(if knocks.is_empty() {
             format!("(every one-time sequence in {} is used)", file.display())

@@ -417,6 +417,8 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         (f, src.path.parent().unwrap_or(Path::new("")).join(f.get_ref()))
     });
     let knocks = match (&raw.knocks, &one_time) {
+        // No knocks: only SPA (or `allow`) opens the sequence.
+        (Some(k), None) if k.get_ref().is_empty() => vec![],
         (Some(k), None) => parse_ports(src, k, "knocks", MAX_KNOCKS)?,
         (None, Some((f, path))) => match crate::onetime::current(path) {
             Ok(Some((_, knocks))) => knocks,

@@ -12,9 +12,9 @@ use knock_common::PROTO_UDP;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Sequence, SpaClient, SpaConfig, is_plain_name, parse::Source};
+use super::{FwknopClient, Sequence, SpaClient, SpaConfig, is_plain_name, parse::Source};
 use crate::net::Knock;
-use crate::spa::{self, Key, KeyId};
+use crate::spa::{self, Key, KeyId, fwknop};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,23 @@ pub(super) struct RawSpa {
     replay_file: Option<PathBuf>,
     #[serde(default)]
     client: Vec<Spanned<RawSpaClient>>,
+    #[serde(default)]
+    fwknop: Vec<Spanned<RawFwknop>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFwknop {
+    name: Spanned<String>,
+    key_base64: Option<Spanned<String>>,
+    key_file: Option<Spanned<PathBuf>>,
+    hmac_key_base64: Option<Spanned<String>>,
+    hmac_key_file: Option<Spanned<PathBuf>>,
+    hmac_digest: Option<Spanned<String>>,
+    sequences: Spanned<Vec<Spanned<String>>>,
+    max_open: Option<Spanned<String>>,
+    #[serde(default)]
+    behind_nat: bool,
 }
 
 #[derive(Deserialize)]
@@ -93,11 +110,11 @@ pub(super) fn parse_spa(src: &Source, raw: &Spanned<RawSpa>, seqs: &[Sequence]) 
             "must be at most 1h: a request stays usable this long",
         ));
     }
-    if table.client.is_empty() {
+    if table.client.is_empty() && table.fwknop.is_empty() {
         return Err(src.at(
             raw,
             "spa.client",
-            "no [[spa.client]]: nobody could send a request",
+            "no [[spa.client]] nor [[spa.fwknop]]: nobody could send a request",
         ));
     }
     let mut clients: Vec<SpaClient> = Vec::new();
@@ -131,6 +148,7 @@ pub(super) fn parse_spa(src: &Source, raw: &Spanned<RawSpa>, seqs: &[Sequence]) 
         }
         clients.push(client);
     }
+    let fwknop = parse_fwknop_clients(src, &table.fwknop, seqs, &clients)?;
     Ok(SpaConfig {
         port,
         window,
@@ -139,6 +157,145 @@ pub(super) fn parse_spa(src: &Source, raw: &Spanned<RawSpa>, seqs: &[Sequence]) 
             .clone()
             .unwrap_or_else(|| spa::DEFAULT_REPLAY_FILE.into()),
         clients,
+        fwknop,
+    })
+}
+
+fn parse_fwknop_clients(
+    src: &Source,
+    raw: &[Spanned<RawFwknop>],
+    seqs: &[Sequence],
+    xknock_clients: &[SpaClient],
+) -> Result<Vec<FwknopClient>> {
+    let mut clients: Vec<FwknopClient> = Vec::new();
+    for r in raw {
+        let c = r.get_ref();
+        let client = parse_fwknop(src, c, seqs)?;
+        if xknock_clients.iter().any(|o| o.name == client.name)
+            || clients.iter().any(|o| o.name == client.name)
+        {
+            return Err(src.at(
+                &c.name,
+                "spa.fwknop.name",
+                format!("a second client named {:?}", client.name),
+            ));
+        }
+        if let Some(other) = clients.iter().find(|o| o.keys.hmac_key == client.keys.hmac_key) {
+            return Err(src.at(
+                &c.name,
+                "spa.fwknop.hmac_key_base64",
+                format!(
+                    "the same HMAC key as client {:?}: give each client its own (the HMAC key tells them apart)",
+                    other.name
+                ),
+            ));
+        }
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// A key as fwknop writes it: `*_base64` in the config, or a file holding that text.
+fn fwknop_key(
+    src: &Source,
+    name: &Spanned<String>,
+    inline: Option<&Spanned<String>>,
+    file: Option<&Spanned<PathBuf>>,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let bytes = match (inline, file) {
+        (Some(k), None) => {
+            fwknop::decode_key(k.get_ref()).map_err(|e| src.at(k, &format!("spa.fwknop.{key}_base64"), e))?
+        }
+        (None, Some(f)) => {
+            let dir = src.path.parent().unwrap_or(Path::new(""));
+            let text = crate::secret_file::read_private(&dir.join(f.get_ref()))
+                .map_err(|e| src.at(f, &format!("spa.fwknop.{key}_file"), format!("{e:#}")))?;
+            fwknop::decode_key(&text).map_err(|e| src.at(f, &format!("spa.fwknop.{key}_file"), e))?
+        }
+        (Some(k), Some(_)) => {
+            return Err(src.at(
+                k,
+                &format!("spa.fwknop.{key}_base64"),
+                format!("give {key}_base64 or {key}_file, not both"),
+            ));
+        }
+        (None, None) => {
+            let why = if key == "hmac_key" {
+                "missing: xknock takes fwknop's requests only with an HMAC (fwknop --use-hmac)"
+            } else {
+                "missing: give key_base64 or key_file"
+            };
+            return Err(src.at(name, &format!("spa.fwknop.{key}_base64"), why));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(src.at(name, &format!("spa.fwknop.{key}_base64"), "empty"));
+    }
+    Ok(bytes)
+}
+
+fn parse_fwknop(src: &Source, raw: &RawFwknop, seqs: &[Sequence]) -> Result<FwknopClient> {
+    let name = raw.name.get_ref().clone();
+    if name.len() > CLIENT_NAME_LEN || !is_plain_name(&name) {
+        return Err(src.at(
+            &raw.name,
+            "spa.fwknop.name",
+            format!("{name:?}: use 1 to {CLIENT_NAME_LEN} letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let key = fwknop_key(
+        src,
+        &raw.name,
+        raw.key_base64.as_ref(),
+        raw.key_file.as_ref(),
+        "key",
+    )?;
+    if key.len() > 32 {
+        let at = raw.key_base64.as_ref().map_or_else(
+            || src.at(&raw.name, "spa.fwknop.key_file", "longer than 32 bytes"),
+            |k| {
+                src.at(
+                    k,
+                    "spa.fwknop.key_base64",
+                    "longer than 32 bytes (fwknop's keys are at most 32)",
+                )
+            },
+        );
+        return Err(at);
+    }
+    let hmac_key = fwknop_key(
+        src,
+        &raw.name,
+        raw.hmac_key_base64.as_ref(),
+        raw.hmac_key_file.as_ref(),
+        "hmac_key",
+    )?;
+    if hmac_key == key {
+        return Err(src.at(
+            &raw.name,
+            "spa.fwknop.hmac_key_base64",
+            "the same key as key_base64: the HMAC key must be another (fwknop --key-gen makes both)",
+        ));
+    }
+    let digest = match &raw.hmac_digest {
+        None => fwknop::HmacDigest::Sha256,
+        Some(d) => d
+            .get_ref()
+            .parse()
+            .map_err(|e| src.at(d, "spa.fwknop.hmac_digest", e))?,
+    };
+    let sequences = client_sequences(src, &raw.sequences, seqs, "spa.fwknop.sequences")?;
+    Ok(FwknopClient {
+        name,
+        keys: fwknop::Keys {
+            key,
+            hmac_key,
+            digest,
+        },
+        sequences,
+        max_open: src.duration(&raw.max_open, "spa.fwknop.max_open", DEFAULT_MAX_OPEN)?,
+        behind_nat: raw.behind_nat,
     })
 }
 
@@ -175,30 +332,7 @@ fn parse_spa_client(src: &Source, raw: &RawSpaClient, seqs: &[Sequence]) -> Resu
             ));
         }
     };
-    let list = raw.sequences.get_ref();
-    if list.is_empty() {
-        return Err(src.at(
-            &raw.sequences,
-            "spa.client.sequences",
-            "name at least one sequence the client may open",
-        ));
-    }
-    let mut sequences: Vec<String> = Vec::new();
-    for s in list {
-        let wanted = s.get_ref();
-        if !seqs.iter().any(|q| &q.name == wanted) {
-            let known: Vec<_> = seqs.iter().map(|q| q.name.as_str()).collect();
-            return Err(src.at(
-                s,
-                "spa.client.sequences",
-                format!("no sequence named {wanted:?} (configured: {})", known.join(", ")),
-            ));
-        }
-        if sequences.contains(wanted) {
-            return Err(src.at(s, "spa.client.sequences", format!("{wanted:?} twice")));
-        }
-        sequences.push(wanted.clone());
-    }
+    let sequences = client_sequences(src, &raw.sequences, seqs, "spa.client.sequences")?;
     Ok(SpaClient {
         name,
         key_id,
@@ -207,6 +341,35 @@ fn parse_spa_client(src: &Source, raw: &RawSpaClient, seqs: &[Sequence]) -> Resu
         max_open: src.duration(&raw.max_open, "spa.client.max_open", DEFAULT_MAX_OPEN)?,
         behind_nat: raw.behind_nat,
     })
+}
+
+/// A client's `sequences`: at least one, each configured, none twice.
+fn client_sequences(
+    src: &Source,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    seqs: &[Sequence],
+    key: &str,
+) -> Result<Vec<String>> {
+    if raw.get_ref().is_empty() {
+        return Err(src.at(raw, key, "name at least one sequence the client may open"));
+    }
+    let mut sequences: Vec<String> = Vec::new();
+    for s in raw.get_ref() {
+        let wanted = s.get_ref();
+        if !seqs.iter().any(|q| &q.name == wanted) {
+            let known: Vec<_> = seqs.iter().map(|q| q.name.as_str()).collect();
+            return Err(src.at(
+                s,
+                key,
+                format!("no sequence named {wanted:?} (configured: {})", known.join(", ")),
+            ));
+        }
+        if sequences.contains(wanted) {
+            return Err(src.at(s, key, format!("{wanted:?} twice")));
+        }
+        sequences.push(wanted.clone());
+    }
+    Ok(sequences)
 }
 
 #[cfg(test)]
