@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN,
-    TCP_RST, TCP_SYN, auth_hint_slot, port_rule_index,
+    RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    auth_hint_slot, port_rule_index,
 };
 use maps::{
     XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENT_BUDGET, XK_EVENTS, XK_FLOWS, XK_PORT_RULES,

@@ -8,9 +8,9 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use knock_common::{
-    ACCESS_DENY, Counter, Event, EventKind, FWKNOP_MIN_PAYLOAD, PROTO_UDP, RULE_FWKNOP, SPA_BUDGET, SPA_BUDGET_WINDOW_NS,
-    SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD, SPA_VERSION,
-    SourceAddr, SpaBudget, SpaKeyId, SpaRefusal, port_rule_index, spa_check,
+    ACCESS_DENY, Counter, Event, EventKind, FWKNOP_MIN_PAYLOAD, PROTO_UDP, RULE_FWKNOP, SPA_BUDGET,
+    SPA_BUDGET_WINDOW_NS, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD,
+    SPA_VERSION, SourceAddr, SpaBudget, SpaKeyId, SpaRefusal, port_rule_index, spa_check,
 };
 
 use crate::{

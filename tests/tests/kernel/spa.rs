@@ -353,12 +353,19 @@ fn fwknop_shaped_datagrams_reach_userspace_only_when_fwknop_clients_are_configur
     let real = b"9ERSijh/iFZUNB8EaUGAdKaDMQePTCIHDhfGSBaP1ABcmo/LzOsTHeK076Jfj81YSuGFHJiQRT7qvhqpnqjLSTPn3coulLhRy3JquXTq6Ez7UnLELJO+Ft2crwfd6qQsntn9wtqW8RQRyPK52mjcSjzR8avrM0HAMKwrJ6jKCDA0FkEdgIrmoYZsKyZtqYQzPIm3iiOGfavFLGvxCxC4JeMRelDf68Qlo";
     let mut without = harness();
     assert_eq!(without.send(&request(A, real)), DROP);
-    assert_eq!(without.counter(Counter::SpaRefused), 1, "no fwknop client: refused");
+    assert_eq!(
+        without.counter(Counter::SpaRefused),
+        1,
+        "no fwknop client: refused"
+    );
     assert!(without.spa_requests().is_empty());
 
     let mut h = Harness::with_config(&fwknop_config());
     let index = port_rule_index(17, SPA_PORT).expect("udp");
-    assert_ne!(h.state.port_rules.get(&index, 0).expect("rule").flags & RULE_FWKNOP, 0);
+    assert_ne!(
+        h.state.port_rules.get(&index, 0).expect("rule").flags & RULE_FWKNOP,
+        0
+    );
     for (src, payload) in [(A, &real[..]), (A6, &real[..140])] {
         assert_eq!(h.send(&request(src, payload)), DROP);
     }

@@ -167,7 +167,9 @@ mod tests {
             dir.join("replay").display()
         );
         let config = Config::parse(Path::new("/etc/xknock/test.toml"), &text).expect("valid config");
-        Verifier::new_at(&config, at(SENT)).expect("loads").expect("[spa]")
+        Verifier::new_at(&config, at(SENT))
+            .expect("loads")
+            .expect("[spa]")
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -200,15 +202,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut v = verifier(dir.path(), "");
         let source = "198.18.0.1".parse().expect("addr");
-        let grant = v.verify(source, PACKET.as_bytes(), at(SENT + 1)).expect("granted");
+        let grant = v
+            .verify(source, PACKET.as_bytes(), at(SENT + 1))
+            .expect("granted");
         assert_eq!(
             (grant.client.as_str(), grant.addr, grant.sequences, grant.open_for),
             ("bob", source, vec![0], Duration::from_secs(30))
         );
-        assert_eq!(v.verify(source, PACKET.as_bytes(), at(SENT + 2)), Err(Rejection::Replayed));
+        assert_eq!(
+            v.verify(source, PACKET.as_bytes(), at(SENT + 2)),
+            Err(Rejection::Replayed)
+        );
         // And after a restart: the replay cache is on disk.
         let mut again = verifier(dir.path(), "");
-        assert_eq!(again.verify(source, PACKET.as_bytes(), at(SENT + 3)), Err(Rejection::Replayed));
+        assert_eq!(
+            again.verify(source, PACKET.as_bytes(), at(SENT + 3)),
+            Err(Rejection::Replayed)
+        );
     }
 
     #[test]
@@ -223,7 +233,9 @@ mod tests {
             })
         );
         let source = "198.18.0.1".parse().expect("addr");
-        let e = v.verify(source, PACKET.as_bytes(), at(SENT + 300)).expect_err("stale");
+        let e = v
+            .verify(source, PACKET.as_bytes(), at(SENT + 300))
+            .expect_err("stale");
         assert_eq!(e.reason(), "stale");
         assert!(e.to_string().contains("5m behind"), "{e}");
         let mut wrong = keys();
@@ -243,7 +255,10 @@ mod tests {
         assert_eq!(grant.open_for, Duration::from_secs(3600), "clamped to max_open");
         // 443 is protected, but by a sequence bob may not open.
         let packet = fwknop::seal(&keys(), &message("0.0.0.0", 443, None), 3, [3; 8]);
-        assert_eq!(v.verify(v6, &packet, at(SENT)).map_err(|e| e.reason()), Err("not_allowed"));
+        assert_eq!(
+            v.verify(v6, &packet, at(SENT)).map_err(|e| e.reason()),
+            Err("not_allowed")
+        );
     }
 
     #[test]
@@ -251,7 +266,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut v = verifier(dir.path(), "behind_nat = true\n");
         let packet = fwknop::seal(&keys(), &message("198.18.0.77", 22, None), 4, [4; 8]);
-        let grant = v.verify("198.18.0.1".parse().expect("addr"), &packet, at(SENT)).expect("granted");
+        let grant = v
+            .verify("198.18.0.1".parse().expect("addr"), &packet, at(SENT))
+            .expect("granted");
         assert_eq!(grant.addr, "198.18.0.77".parse::<IpAddr>().expect("addr"));
     }
 }
