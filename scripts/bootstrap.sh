@@ -18,7 +18,7 @@ APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev   # bpf-linker against LLVM 22
   iproute2 bpftool ethtool                             # namespaces, veth, map dumps, stats
   openssh-server openssh-client                        # the protected service
-  knockd nmap hping3                                   # third-party knock clients, floods
+  knockd nmap hping3 fwknop-client                     # third-party clients, floods
   iptables nftables                                    # the alternatives benchmarked
 )
 

@@ -9,6 +9,8 @@ pub const SPA_VERSION: u8 = 1;
 pub const SPA_KEY_ID_LEN: usize = 8;
 /// Longest SPA payload the kernel hands to userspace; longer datagrams are refused.
 pub const SPA_MAX_PAYLOAD: usize = 512;
+/// The shortest fwknop request taken (its default is 225 bytes; fwknopd takes 140 up).
+pub const FWKNOP_MIN_PAYLOAD: usize = 140;
 /// SPA requests (with a good check value) one source may have handed to userspace
 /// per SPA_BUDGET_WINDOW_NS, and refusal events it may cause, each; the kernel sheds
 /// (and counts) the rest.

@@ -119,6 +119,9 @@ pub const RULE_SPA: u8 = 1;
 /// ones: a TCP SYN or a UDP datagram to it is dropped, so that a scan sees one
 /// uniform wall. Never set on UDP ports of the local ephemeral range.
 pub const RULE_STEALTH: u8 = 2;
+/// `PortRule::flags`, with `RULE_SPA`: the port also takes fwknop's requests (from
+/// `[[spa.fwknop]]` clients), which the kernel can only tell by their shape.
+pub const RULE_FWKNOP: u8 = 4;
 
 /// Global settings, entry 0 of the settings array. Written by the loader.
 #[repr(C)]

@@ -10,7 +10,7 @@ use std::{
 use ipnet::IpNet;
 
 use knock_common::{
-    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_SPA, RULE_STEALTH, SEQ_IGNORE_WRONG,
+    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_FWKNOP, RULE_SPA, RULE_STEALTH, SEQ_IGNORE_WRONG,
     SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
 };
 
@@ -119,7 +119,11 @@ impl Config {
             rules
                 .entry(rule_index(port))
                 .or_insert_with(|| strict(strict_mask))
-                .flags |= RULE_SPA;
+                .flags |= if spa.fwknop.is_empty() {
+                RULE_SPA
+            } else {
+                RULE_SPA | RULE_FWKNOP
+            };
         }
         rules
     }

@@ -2,6 +2,7 @@
 //! one authorizes its address exactly as a completed knock sequence would (the same
 //! map, the same `open` event, the same kept connections).
 
+mod fwknop;
 mod replay;
 mod verify;
 
@@ -105,6 +106,14 @@ pub enum Rejection {
     /// The replay cache file could not be written: refused, since after a restart
     /// the request could be replayed.
     ReplayCacheUnsaved { error: String },
+    /// fwknop's shape, but not a request of its (no base64, the prefix, too short).
+    FwknopMalformed { why: &'static str },
+    /// No `[[spa.fwknop]]` client's HMAC key authenticates it.
+    BadHmac,
+    /// Authenticated, but it does not decrypt or parse as fwknop's plaintext.
+    BadPlaintext { why: &'static str },
+    /// An authentic command or NAT message, which xknock never acts on.
+    Unsupported { what: &'static str },
 }
 
 impl Rejection {
@@ -123,6 +132,10 @@ impl Rejection {
             Rejection::ReplayCacheFull => "replay_cache_full",
             Rejection::ReplayForgotten { .. } => "replay_forgotten",
             Rejection::ReplayCacheUnsaved { .. } => "replay_cache_unsaved",
+            Rejection::FwknopMalformed { .. } => "malformed",
+            Rejection::BadHmac => "bad_hmac",
+            Rejection::BadPlaintext { .. } => "bad_plaintext",
+            Rejection::Unsupported { .. } => "unsupported",
         }
     }
 }
@@ -167,6 +180,12 @@ impl fmt::Display for Rejection {
             Rejection::ReplayCacheUnsaved { error } => {
                 write!(f, "refused because the replay cache could not be saved: {error}")
             }
+            Rejection::FwknopMalformed { why } => write!(f, "not a well-formed fwknop request: {why}"),
+            Rejection::BadHmac => f.write_str(
+                "no fwknop client's HMAC key authenticates it (another key or HMAC digest, or altered on the way)",
+            ),
+            Rejection::BadPlaintext { why } => write!(f, "authentic, but not fwknop's plaintext: {why}"),
+            Rejection::Unsupported { what } => write!(f, "{what}: refused"),
         }
     }
 }

@@ -25,9 +25,7 @@ use sha2::{Sha256, Sha384, Sha512};
 
 use crate::net::{Knock, parse_proto};
 
-/// The shortest and longest payloads taken for fwknop's (its default request is 225
-/// bytes; SHA-512 for both digests makes 311).
-pub const MIN_PAYLOAD: usize = 140;
+pub use knock_common::FWKNOP_MIN_PAYLOAD as MIN_PAYLOAD;
 
 /// The base64 of `Salted__`, which fwknop leaves off the wire.
 const SALTED_B64: &str = "U2FsdGVkX1";
@@ -164,6 +162,8 @@ pub enum Refusal {
     BadHmac,
     /// Authenticated, but the plaintext is not what fwknop writes.
     BadPlaintext(&'static str),
+    /// A command or NAT message: authentic, never acted on.
+    Unsupported(&'static str),
 }
 
 /// A payload that one client's HMAC key authenticates: the encrypted blob, and the
@@ -283,8 +283,8 @@ pub fn parse(plaintext: &str) -> Result<Message, Refusal> {
                 .map_err(|_| Refusal::BadPlaintext("the timeout is not a number"))?,
         ),
         (ACCESS | ACCESS_TIMEOUT, _) => return Err(Refusal::BadPlaintext("unexpected fields")),
-        ("0", _) => return Err(Refusal::BadPlaintext("a command message (never run)")),
-        _ => return Err(Refusal::BadPlaintext("a NAT message (not supported)")),
+        ("0", _) => return Err(Refusal::Unsupported("a command message (xknock runs none)")),
+        _ => return Err(Refusal::Unsupported("a NAT message (xknock forwards nothing)")),
     };
     let user = b64_text(user, "the user")?;
     let timestamp = timestamp

@@ -9,13 +9,14 @@
 //! directories) are unique per process and call (`xknock_tests::unique`).
 //!
 //! `netns` (knock, connect, the clients, signals, bans, stealth), `spoof` (the
-//! spoofed-lockout attack), `spa`, `timed`, `floods` (hping3's random-source flood),
+//! spoofed-lockout attack), `spa`, `fwknop` (fwknop's real client), `timed`, `floods` (hping3's random-source flood),
 //! `onetime`, `lifecycle` (restart, upgrade, `down`, reload, interfaces), `faults`
 //! (fail closed), `commands` (on_open and on_close) and `metrics`.
 
 mod commands;
 mod faults;
 mod floods;
+mod fwknop;
 mod lifecycle;
 mod metrics;
 mod netns;

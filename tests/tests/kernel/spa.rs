@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use knock_common::{
-    Counter, EventKind, RULE_SPA, SPA_BUDGET, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN,
+    Counter, EventKind, RULE_FWKNOP, RULE_SPA, SPA_BUDGET, SPA_CAP_EVENTS, SPA_CAP_REQUESTS, SPA_HEADER_LEN,
     SPA_MAX_PAYLOAD, SpaKeyId, SpaRefusal, port_rule_index,
 };
 use xknock::{
@@ -335,4 +335,50 @@ fn measure_the_cost_of_each_kind_of_datagram() {
             println!("{name}: {} ns", best.as_nanos());
         }
     }
+}
+
+/// `[spa]` with a `[[spa.fwknop]]` client (and alice).
+fn fwknop_config() -> String {
+    format!(
+        "{}[[spa.fwknop]]\nname = \"bob\"\nkey_base64 = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
+         hmac_key_base64 = \"QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+fw==\"\n\
+         sequences = [\"ssh\"]\n",
+        spa_config(SPA_PORT)
+    )
+}
+
+#[test]
+fn fwknop_shaped_datagrams_reach_userspace_only_when_fwknop_clients_are_configured() {
+    // FWKNOP.md's real packet: 225 bytes of base64, starting with '9'.
+    let real = b"9ERSijh/iFZUNB8EaUGAdKaDMQePTCIHDhfGSBaP1ABcmo/LzOsTHeK076Jfj81YSuGFHJiQRT7qvhqpnqjLSTPn3coulLhRy3JquXTq6Ez7UnLELJO+Ft2crwfd6qQsntn9wtqW8RQRyPK52mjcSjzR8avrM0HAMKwrJ6jKCDA0FkEdgIrmoYZsKyZtqYQzPIm3iiOGfavFLGvxCxC4JeMRelDf68Qlo";
+    let mut without = harness();
+    assert_eq!(without.send(&request(A, real)), DROP);
+    assert_eq!(
+        without.counter(Counter::SpaRefused),
+        1,
+        "no fwknop client: refused"
+    );
+    assert!(without.spa_requests().is_empty());
+
+    let mut h = Harness::with_config(&fwknop_config());
+    let index = port_rule_index(17, SPA_PORT).expect("udp");
+    assert_ne!(
+        h.state.port_rules.get(&index, 0).expect("rule").flags & RULE_FWKNOP,
+        0
+    );
+    for (src, payload) in [(A, &real[..]), (A6, &real[..140])] {
+        assert_eq!(h.send(&request(src, payload)), DROP);
+    }
+    let handed = h.spa_requests();
+    assert_eq!(handed.len(), 2, "both handed to run");
+    assert_eq!(&handed[0].payload[..handed[0].len as usize], &real[..]);
+    assert_eq!(h.counter(Counter::DropSpa), 2);
+    // Too short, or a first character no salted blob's base64 has: refused here.
+    let mut other = real.to_vec();
+    other[0] = b'Q';
+    for payload in [&real[..139], &other[..]] {
+        assert_eq!(h.send(&request(B, payload)), DROP);
+    }
+    assert!(h.spa_requests().is_empty());
+    assert_eq!(h.counter(Counter::SpaRefused), 2);
 }

@@ -30,6 +30,8 @@ use crate::{
 /// the replay cache (and its file).
 pub struct Verifier {
     clients: HashMap<KeyId, Client>,
+    /// `[[spa.fwknop]]`'s clients, tried in turn by their HMAC key.
+    pub(super) fwknop: Vec<super::fwknop::Client>,
     /// Every configured sequence, by index.
     sequences: Vec<SequenceAccess>,
     window: Duration,
@@ -45,10 +47,10 @@ struct Client {
     behind_nat: bool,
 }
 
-struct SequenceAccess {
+pub(super) struct SequenceAccess {
     name: String,
-    protect: Vec<Knock>,
-    open_for: Duration,
+    pub(super) protect: Vec<Knock>,
+    pub(super) open_for: Duration,
 }
 
 impl Verifier {
@@ -103,6 +105,11 @@ impl Verifier {
             };
             clients.insert(c.key_id, client);
         }
+        let fwknop = spa
+            .fwknop
+            .iter()
+            .map(|c| super::fwknop::Client::new(c, index))
+            .collect::<Result<Vec<_>>>()?;
         let sequences = config
             .sequences
             .iter()
@@ -121,6 +128,7 @@ impl Verifier {
         };
         let verifier = Verifier {
             clients,
+            fwknop,
             sequences,
             window: spa.window,
             replay,
@@ -133,6 +141,9 @@ impl Verifier {
     /// grant: a copy of a request that is refused anyway (one raced from another
     /// address by someone who saw it) does not use up the nonce of the real one.
     pub fn verify(&mut self, source: IpAddr, payload: &[u8], now: SystemTime) -> Result<Grant, Rejection> {
+        if !self.fwknop.is_empty() && crate::spa::fwknop::looks_like(payload) {
+            return self.verify_fwknop(source, payload, now);
+        }
         let (header, header_bytes, sealed) = packet::split(payload).ok_or(Rejection::Malformed)?;
         let client = self.clients.get(&header.key_id).ok_or(Rejection::UnknownKey)?;
         let plaintext =
@@ -141,6 +152,22 @@ impl Verifier {
 
         let now_ms = unix_ms(now);
         let ts = request.timestamp_ms;
+        self.in_window(ts, now_ms)?;
+        let addr = address(source, request.addr, client.behind_nat)?;
+        let (sequences, open_for) = self.access(client, &request)?;
+        let name = client.name.clone();
+        self.record(header.key_id, header.nonce, ts, now_ms)?;
+        Ok(Grant {
+            client: name,
+            addr,
+            sequences,
+            open_for,
+        })
+    }
+
+    /// Refuses a timestamp (Unix ms) more than the window off `now_ms`, saying by how
+    /// much.
+    pub(super) fn in_window(&self, ts: u64, now_ms: u64) -> Result<(), Rejection> {
         let window = self.window;
         if now_ms.saturating_sub(ts) > millis(window) {
             let skew = Duration::from_millis(now_ms - ts);
@@ -150,11 +177,18 @@ impl Verifier {
             let skew = Duration::from_millis(ts - now_ms);
             return Err(Rejection::Future { skew, window });
         }
+        Ok(())
+    }
 
-        let addr = client.address(source, request.addr)?;
-        let (sequences, open_for) = self.access(client, &request)?;
-
-        match self.replay.record(header.key_id, header.nonce, ts, now_ms) {
+    /// Records a request in the replay cache (and its file): the last check.
+    pub(super) fn record(
+        &mut self,
+        key_id: KeyId,
+        nonce: [u8; packet::NONCE_LEN],
+        ts: u64,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        match self.replay.record(key_id, nonce, ts, now_ms) {
             Ok(()) => {}
             Err(RecordError::Replayed) => return Err(Rejection::Replayed),
             Err(RecordError::Full) => return Err(Rejection::ReplayCacheFull),
@@ -169,12 +203,7 @@ impl Verifier {
                 });
             }
         }
-        Ok(Grant {
-            client: client.name.clone(),
-            addr,
-            sequences,
-            open_for,
-        })
+        Ok(())
     }
 
     /// Requests remembered in the replay cache.
@@ -245,29 +274,31 @@ impl Verifier {
         Ok((granted, open_for))
     }
 
-    fn sequence(&self, i: u8) -> Option<&SequenceAccess> {
+    pub(super) fn sequence(&self, i: u8) -> Option<&SequenceAccess> {
         self.sequences.get(usize::from(i))
     }
 }
 
-impl Client {
-    /// The address to authorize: the packet's source, or with `behind_nat` the one the
-    /// request names. IPv4 and IPv4-mapped IPv6 are the same address.
-    fn address(&self, source: IpAddr, requested: Option<IpAddr>) -> Result<IpAddr, Rejection> {
-        let source = source.to_canonical();
-        let addr = match requested.map(|a| a.to_canonical()) {
-            None => source,
-            Some(r) if r == source || self.behind_nat => r,
-            Some(r) => return Err(Rejection::AddressMismatch { requested: r }),
-        };
-        let broadcast = matches!(addr, IpAddr::V4(a) if a.is_broadcast());
-        if addr.is_unspecified() || addr.is_multicast() || broadcast {
-            return Err(Rejection::NotAllowed {
-                what: format!("{addr} is not a host address"),
-            });
-        }
-        Ok(addr)
+/// The address to authorize: the packet's source, or with `behind_nat` the one the
+/// request names. IPv4 and IPv4-mapped IPv6 are the same address.
+pub(super) fn address(
+    source: IpAddr,
+    requested: Option<IpAddr>,
+    behind_nat: bool,
+) -> Result<IpAddr, Rejection> {
+    let source = source.to_canonical();
+    let addr = match requested.map(|a| a.to_canonical()) {
+        None => source,
+        Some(r) if r == source || behind_nat => r,
+        Some(r) => return Err(Rejection::AddressMismatch { requested: r }),
+    };
+    let broadcast = matches!(addr, IpAddr::V4(a) if a.is_broadcast());
+    if addr.is_unspecified() || addr.is_multicast() || broadcast {
+        return Err(Rejection::NotAllowed {
+            what: format!("{addr} is not a host address"),
+        });
     }
+    Ok(addr)
 }
 
 #[cfg(test)]
