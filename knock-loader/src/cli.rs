@@ -136,6 +136,19 @@ pub enum Command {
     ///
     /// Example: xknock import-knockd /etc/knockd.conf --out /etc/xknock/xknock.toml
     ImportKnockd(migrate::ImportKnockdArgs),
+    /// Translate a fwknopd server's access.conf (and fwknopd.conf) into xknock's TOML.
+    ///
+    /// Each stanza becomes a [[spa.fwknop]] client with its keys, HMAC digest,
+    /// MAX_FW_TIMEOUT (max_open) and REQUIRE_SOURCE_ADDRESS (behind_nat); each
+    /// distinct OPEN_PORTS set (with its FW_ACCESS_TIMEOUT) a sequence without
+    /// knocks; fwknopd.conf's UDP port and MAX_SPA_PACKET_AGE the [spa] port and
+    /// window. The clients' `fwknop` command lines work unchanged (with HMAC). What
+    /// does not translate is listed on stderr, as "FILE line N: KEY: not translated:
+    /// WHY", and as comments in the TOML. The TOML holds keys: --out writes it with
+    /// mode 0600.
+    ///
+    /// Example: xknock import-fwknopd /etc/fwknop/access.conf --fwknopd-conf /etc/fwknop/fwknopd.conf --out /etc/xknock/xknock.toml
+    ImportFwknopd(migrate::ImportFwknopdArgs),
     /// Make a key for a new SPA client.
     ///
     /// Prints the server's [[spa.client]] stanza on stdout (add it to the server's
@@ -169,6 +182,7 @@ impl Command {
             Command::Knock(args) => client::knock(args),
             Command::Spa(args) => client::spa(args),
             Command::ImportKnockd(args) => migrate::import_knockd(&args),
+            Command::ImportFwknopd(args) => migrate::import_fwknopd(&args),
             Command::Keygen(args) => keys::keygen(args),
         }
     }

@@ -66,11 +66,7 @@ pub fn import_files(access: &Path, server: Option<&Path>) -> Result<Imported> {
     };
     let access_text = read(access)?;
     let server_text = server.map(read).transpose()?;
-    import(
-        access,
-        &access_text,
-        server.zip(server_text.as_deref()),
-    )
+    import(access, &access_text, server.zip(server_text.as_deref()))
 }
 
 /// Translates `access_text`, the contents of `access`, and `server`'s (path, text):

@@ -5,7 +5,8 @@
 //!   injection in debug builds);
 //! - protocols and formats, without I/O beyond their files: `spa` (the SPA wire
 //!   format and keys), `timed` (time-based sequences), `onetime` (one-time sequence
-//!   files), `config` (the TOML, validated whole), `knockd` (`import-knockd`);
+//!   files), `config` (the TOML, validated whole), `knockd` (`import-knockd`),
+//!   `fwknopd` (`import-fwknopd`);
 //! - `client`: `xknock knock` and `xknock spa`, which need nothing of the kernel;
 //! - `kernel`: everything that touches the XDP program and its maps (loading, pins,
 //!   adoption, links and interfaces, typed map access);
@@ -23,6 +24,7 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod fault;
+pub mod fwknopd;
 #[cfg(feature = "daemon")]
 pub mod kernel;
 pub mod knockd;

@@ -31,8 +31,7 @@ impl Default for Server {
             ),
             window: (
                 FWKNOPD_PACKET_AGE,
-                "fwknopd's default MAX_SPA_PACKET_AGE, 120 seconds (xknock's own default is 30s)"
-                    .into(),
+                "fwknopd's default MAX_SPA_PACKET_AGE, 120 seconds (xknock's own default is 30s)".into(),
             ),
         }
     }
@@ -147,12 +146,9 @@ pub(super) fn read(path: &Path, entries: &[Entry], notes: &mut Vec<Note>) -> Res
             },
             "ENABLE_UDP_SERVER" => {}
             "UDPSERV_PORT" => {
-                let port = e
-                    .value
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| error_at(path, e, format!("{:?} is not a port from 1 to 65535", e.value)))?;
+                let port = e.value.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    error_at(path, e, format!("{:?} is not a port from 1 to 65535", e.value))
+                })?;
                 if udp_server {
                     udpserv_port = Some((port, from));
                 } else {

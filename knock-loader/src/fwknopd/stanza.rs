@@ -83,10 +83,16 @@ pub(super) fn read(path: &Path, s: &Stanza, notes: &mut Vec<Note>) -> Result<Res
     let at = |e: &Entry| format!("{} line {}", path.display(), e.line);
     let mut key: Option<(&Entry, KeyText)> = None;
     let mut hmac_key: Option<(&Entry, KeyText)> = None;
-    let mut digest = from(fwknop::HmacDigest::Sha256, "HMAC_DIGEST_TYPE: fwknop's default, SHA256");
+    let mut digest = from(
+        fwknop::HmacDigest::Sha256,
+        "HMAC_DIGEST_TYPE: fwknop's default, SHA256",
+    );
     let mut open: Option<(&Entry, Vec<Knock>)> = None;
     let mut restrict: Option<(&Entry, Vec<Knock>)> = None;
-    let mut open_for = from(FW_ACCESS_TIMEOUT, "FW_ACCESS_TIMEOUT: fwknopd's default, 30 seconds");
+    let mut open_for = from(
+        FW_ACCESS_TIMEOUT,
+        "FW_ACCESS_TIMEOUT: fwknopd's default, 30 seconds",
+    );
     let mut max_open = from(MAX_FW_TIMEOUT, "MAX_FW_TIMEOUT: fwknopd's default, 300 seconds");
     let mut require_source = None;
     let mut gpg = false;
@@ -119,7 +125,11 @@ pub(super) fn read(path: &Path, s: &Stanza, notes: &mut Vec<Note>) -> Result<Res
                 } else {
                     KeyText::Bytes(fwknop::decode_key(v).map_err(|err| error_at(path, e, err))?)
                 };
-                let slot = if e.key == "KEY_BASE64" { &mut key } else { &mut hmac_key };
+                let slot = if e.key == "KEY_BASE64" {
+                    &mut key
+                } else {
+                    &mut hmac_key
+                };
                 *slot = Some((e, text));
             }
             "KEY" | "HMAC_KEY" => {
@@ -149,12 +159,18 @@ pub(super) fn read(path: &Path, s: &Stanza, notes: &mut Vec<Note>) -> Result<Res
             "ENCRYPTION_MODE" => {
                 blocker = Some((
                     e,
-                    format!("{v}: xknock decrypts fwknop's default mode, CBC, only; the stanza is not imported"),
+                    format!(
+                        "{v}: xknock decrypts fwknop's default mode, CBC, only; the stanza is not imported"
+                    ),
                 ));
             }
             "OPEN_PORTS" | "RESTRICT_PORTS" => {
                 let ports = parse_ports(v).map_err(|err| error_at(path, e, format!("{err:#}")))?;
-                let slot = if e.key == "OPEN_PORTS" { &mut open } else { &mut restrict };
+                let slot = if e.key == "OPEN_PORTS" {
+                    &mut open
+                } else {
+                    &mut restrict
+                };
                 *slot = Some((e, ports));
             }
             "FW_ACCESS_TIMEOUT" | "MAX_FW_TIMEOUT" => {

@@ -8,6 +8,7 @@
 
 mod config;
 mod config_fuzz;
+mod fwknopd;
 mod install;
 mod knockd;
 mod layout;
