@@ -4,7 +4,8 @@
 //! address open nothing, each a `spa_rejected` with its reason; the SHA-512 HMAC
 //! variant; xknock's own SPA client on the same port; requests in the same format
 //! over IPv6, built here as the test vector is (the 2.6.10 client resolves servers
-//! as IPv4 only).
+//! as IPv4 only); and a fwknopd access.conf migrated by `import-fwknopd`, used by the
+//! real client unchanged.
 
 use std::{
     fs,
@@ -305,4 +306,41 @@ fn requests_in_fwknops_format_open_over_ipv6_for_the_source() {
         fwknop::seal(&keys, &message(&other), 2_222_222_222_222_222, [2; 8]),
     );
     rejected(&s, "address_mismatch", 1);
+}
+
+#[test]
+fn a_migrated_access_conf_runs_with_the_real_client_unchanged() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let access =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../knock-loader/tests/fixtures/fwknop-access-keys.conf");
+    let imported = xknock::fwknopd::import_files(&access, None).expect("imports");
+    // The import as it is, with the replay file in the test's directory.
+    let spa_at = imported.toml.find("[spa]\n").expect("[spa]") + "[spa]\n".len();
+    let toml = format!(
+        "\n{}replay_file = \"{}\"\n{}",
+        &imported.toml[..spa_at],
+        dir.path().join("replay").display(),
+        &imported.toml[spa_at..]
+    );
+    let s = Setup::with_config(&toml);
+    let (server, client) = (s.hosts.server_v4[0], s.hosts.clients[0].v4);
+    // stanza 1's keys, exactly as its fwknop users have them.
+    let text = fs::read_to_string(&access).expect("fixture");
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
+            .expect("the key in the fixture")
+    };
+    let (key, hmac) = (value("KEY_BASE64"), value("HMAC_KEY_BASE64"));
+    assert!(!s.reachable(0, server));
+    fwknop_client(&s, 0, dir.path(), &key, &hmac, &["-A", "tcp/22", "-s"]);
+    let open = s.wait_event("open", client);
+    assert_eq!(
+        (open["client"].as_str(), open["sequence"].as_str()),
+        (Some("stanza-1"), Some("tcp-22")),
+        "{open}"
+    );
+    assert!(s.reachable(0, server), "sshd answers the migrated client");
 }
