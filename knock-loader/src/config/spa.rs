@@ -650,4 +650,58 @@ mod tests {
             "{err}"
         );
     }
+
+    const FW_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const FW_HMAC: &str =
+        "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+fw==";
+
+    /// A `[[spa.fwknop]]` client at line 13 (name 14, key_base64 15, hmac 16).
+    fn fwknop(key: &str, hmac: &str, extra: &str) -> String {
+        format!(
+            "[[spa.fwknop]]\nname = \"bob\"\nkey_base64 = \"{key}\"\nhmac_key_base64 = \"{hmac}\"\n\
+             sequences = [\"ssh\"]\n{extra}"
+        )
+    }
+
+    #[test]
+    fn a_fwknop_client_alone_and_what_is_refused() {
+        let c = parse(&config(
+            "window = \"120s\"",
+            &fwknop(FW_KEY, FW_HMAC, "hmac_digest = \"SHA512\"\n"),
+        ))
+        .expect("valid");
+        let spa = c.spa.expect("[spa]");
+        assert!(spa.clients.is_empty());
+        assert_eq!(spa.fwknop[0].keys.digest, fwknop::HmacDigest::Sha512);
+        assert_eq!(spa.fwknop[0].keys.key.len(), 32);
+        for (clients, want) in [
+            (
+                fwknop("not base64!", FW_HMAC, ""),
+                ":15: spa.fwknop.key_base64: not base64",
+            ),
+            (
+                fwknop(FW_KEY, FW_KEY, ""),
+                ":14: spa.fwknop.hmac_key_base64: the same key",
+            ),
+            (
+                fwknop(FW_KEY, FW_HMAC, "hmac_digest = \"md5\"\n"),
+                ":18: spa.fwknop.hmac_digest: \"md5\" is not sha1",
+            ),
+            (
+                fwknop(FW_KEY, FW_HMAC, "").replace("sequences = [\"ssh\"]", "sequences = []"),
+                ":17: spa.fwknop.sequences: name at least one",
+            ),
+            (
+                fwknop(FW_KEY, FW_HMAC, "").replace("hmac_key_base64 = ", "# "),
+                ":14: spa.fwknop.hmac_key_base64: missing",
+            ),
+        ] {
+            let err = parse(&config("", &clients)).expect_err(&clients);
+            assert!(err.starts_with(PATH) && err.contains(want), "{want}: {err}");
+            assert!(
+                !err.contains(&FW_HMAC[..12]) && !err.contains(&FW_KEY[..12]),
+                "a key in {err}"
+            );
+        }
+    }
 }
