@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -21,10 +21,11 @@ use xknock::{
     spa::fwknop::{self, HmacDigest, Keys, Message},
 };
 use xknock_tests::{
-    netns::in_netns,
     setup::{SERIAL, Setup},
     xknock_bin,
 };
+
+use crate::spa::send;
 
 const PORT: u16 = 62201;
 /// bob's keys (SHA-256 HMAC): what `fwknop --key-gen` makes, 32 and 64 bytes.
@@ -91,19 +92,6 @@ fn fwknop_client(s: &Setup, i: usize, work: &Path, key: &str, hmac: &str, args: 
     let (ok, out) = s.hosts.run_in(s.client(i), &full);
     assert!(ok, "fwknop {args:?}: {out}");
     out
-}
-
-/// Sends `datagram` to `server`'s SPA port from client namespace `ns`.
-fn send(ns: &str, server: IpAddr, datagram: Vec<u8>) {
-    in_netns(ns, move || {
-        let any: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().expect("addr")
-        } else {
-            "[::]:0".parse().expect("addr")
-        };
-        let sock = UdpSocket::bind(any).expect("a UDP socket");
-        sock.send_to(&datagram, (server, PORT)).expect("send");
-    });
 }
 
 /// The `n`th `spa_rejected` event with `reason` (waiting for it).

@@ -39,7 +39,7 @@ fn keygen(dir: &Path) -> (String, std::path::PathBuf) {
 }
 
 /// Sends `datagram` to the server's SPA port from client namespace `ns`.
-fn send(ns: &str, server: IpAddr, datagram: Vec<u8>) {
+pub(crate) fn send(ns: &str, server: IpAddr, datagram: Vec<u8>) {
     in_netns(ns, move || {
         let any: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0".parse().expect("addr")
