@@ -264,15 +264,8 @@ pub fn is_plain_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, os::unix::fs::PermissionsExt as _};
-
     use super::*;
-
-    /// Writes a one-time file as its owner would: mode 0600.
-    fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-        fs::write(path, text)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-    }
+    use crate::secret_file::write_private_new as write_private;
 
     #[test]
     fn a_later_line_on_a_protected_port_is_refused_at_load() {

@@ -286,11 +286,11 @@ pub fn parse(plaintext: &str) -> Result<Message, Refusal> {
         ("0", _) => return Err(Refusal::Unsupported("a command message (xknock runs none)")),
         _ => return Err(Refusal::Unsupported("a NAT message (xknock forwards nothing)")),
     };
-    let user = b64_text(user, "the user")?;
+    let user = b64_text(user)?;
     let timestamp = timestamp
         .parse()
         .map_err(|_| Refusal::BadPlaintext("the timestamp is not a number"))?;
-    let message = b64_text(message, "the message")?;
+    let message = b64_text(message)?;
     let (addr, ports) = message
         .split_once(',')
         .ok_or(Refusal::BadPlaintext("the message names no port"))?;
@@ -307,8 +307,7 @@ pub fn parse(plaintext: &str) -> Result<Message, Refusal> {
     })
 }
 
-fn b64_text(field: &str, what: &'static str) -> Result<String, Refusal> {
-    let _ = what;
+fn b64_text(field: &str) -> Result<String, Refusal> {
     let bytes = B64
         .decode(field)
         .map_err(|_| Refusal::BadPlaintext("a field is not base64"))?;

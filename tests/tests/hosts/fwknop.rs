@@ -20,10 +20,7 @@ use xknock::{
     net::Knock,
     spa::fwknop::{self, HmacDigest, Keys, Message},
 };
-use xknock_tests::{
-    setup::{SERIAL, Setup},
-    xknock_bin,
-};
+use xknock_tests::setup::{SERIAL, Setup};
 
 use crate::spa::send;
 
@@ -40,14 +37,7 @@ const CAROL_HMAC: &str =
 /// `[spa]` with bob, carol and xknock's own alice (made by `xknock keygen`), and a
 /// sequence `web` (443) that neither may open.
 fn config(dir: &Path) -> (String, PathBuf) {
-    let key = dir.join("alice.key");
-    let out = std::process::Command::new(xknock_bin())
-        .args(["keygen", "--name", "alice", "--sequence", "ssh", "--out"])
-        .arg(&key)
-        .output()
-        .expect("run xknock keygen");
-    assert!(out.status.success(), "keygen: {out:?}");
-    let alice = String::from_utf8(out.stdout).expect("utf-8");
+    let (alice, key) = crate::spa::alice(dir);
     let toml = format!(
         "\n[[sequence]]\nname = \"web\"\nknocks = []\nprotect = [\"443/tcp\"]\n\
          [spa]\nport = {PORT}\nwindow = \"120s\"\nreplay_file = \"{}\"\n{alice}\n\

@@ -20,9 +20,9 @@ use xknock_tests::{
 
 const PORT: u16 = 62201;
 
-/// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns the config
-/// to append and the key file.
-fn keygen(dir: &Path) -> (String, std::path::PathBuf) {
+/// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns its
+/// `[[spa.client]]` stanza and key file.
+pub(crate) fn alice(dir: &Path) -> (String, std::path::PathBuf) {
     let key = dir.join("alice.key");
     let out = std::process::Command::new(xknock_bin())
         .args(["keygen", "--name", "alice", "--sequence", "ssh", "--out"])
@@ -30,7 +30,12 @@ fn keygen(dir: &Path) -> (String, std::path::PathBuf) {
         .output()
         .expect("run xknock keygen");
     assert!(out.status.success(), "keygen: {out:?}");
-    let stanza = String::from_utf8(out.stdout).expect("utf-8");
+    (String::from_utf8(out.stdout).expect("utf-8"), key)
+}
+
+/// alice's `[spa]` (see `alice`): the config to append, and her key file.
+fn keygen(dir: &Path) -> (String, std::path::PathBuf) {
+    let (stanza, key) = alice(dir);
     let config = format!(
         "\n[spa]\nport = {PORT}\nreplay_file = \"{}\"\n{stanza}",
         dir.join("replay").display()

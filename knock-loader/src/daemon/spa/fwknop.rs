@@ -86,6 +86,7 @@ impl Verifier {
             .and_then(|plain| fwknop::parse(&plain))
             .map_err(|r| match r {
                 Refusal::Unsupported(what) => Rejection::Unsupported { what },
+                // Only the HMAC check makes the other two.
                 Refusal::Malformed(why) | Refusal::BadPlaintext(why) => Rejection::BadPlaintext { why },
                 Refusal::BadHmac => Rejection::BadHmac,
             })?;
