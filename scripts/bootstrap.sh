@@ -20,6 +20,7 @@ APT_PACKAGES=(
   openssh-server openssh-client                        # the protected service
   knockd nmap hping3 fwknop-client                     # third-party clients, floods
   iptables nftables                                    # the alternatives benchmarked
+  etcd-server etcd-client protobuf-compiler            # the fleet (issue 16): etcd, protoc
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -6,7 +6,8 @@
 //! - protocols and formats, without I/O beyond their files: `spa` (the SPA wire
 //!   format and keys), `timed` (time-based sequences), `onetime` (one-time sequence
 //!   files), `config` (the TOML, validated whole), `knockd` (`import-knockd`),
-//!   `fwknopd` (`import-fwknopd`);
+//!   `fwknopd` (`import-fwknopd`), `fleet` (the fleet's records and decisions,
+//!   not yet used by `run`);
 //! - `client`: `xknock knock` and `xknock spa`, which need nothing of the kernel;
 //! - `kernel`: everything that touches the XDP program and its maps (loading, pins,
 //!   adoption, links and interfaces, typed map access);
@@ -24,6 +25,7 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod fault;
+pub mod fleet;
 pub mod fwknopd;
 #[cfg(feature = "daemon")]
 pub mod kernel;

@@ -1,0 +1,232 @@
+//! What this host believes the fleet holds for each authorization it knows of, and
+//! the actions that follow from a complete read of its authorization map: publish
+//! what was granted here (again, if etcd was away), delete fleet-wide what was revoked
+//! here, forget what expired. A read that failed is never planned from: not seeing
+//! an authorization is evidence of nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use super::record::{AuthKey, Record, Shared};
+
+/// One authorization as a complete read of the kernel's map shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub key: AuthKey,
+    /// What made it; `None` for one the fleet installed here.
+    pub opener: Option<Shared>,
+    /// Kernel clock: with the key, what tells one grant from another.
+    pub opened_ns: u64,
+    /// Unix ms, converted by the caller.
+    pub opened_ms: u64,
+    pub expires_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    opened_ns: u64,
+    expires_ms: u64,
+    /// The publishing host, for one installed from the fleet.
+    remote: Option<String>,
+}
+
+/// What to do after a read of the map.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    pub publish: Vec<(AuthKey, Record, u64)>,
+    /// Revoked here while still valid: ended fleet-wide.
+    pub delete: Vec<AuthKey>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: HashMap<AuthKey, Entry>,
+}
+
+impl Ledger {
+    /// The actions a complete read `map` at `now_ms` calls for, publishing what
+    /// `share` names. Nothing is recorded until the caller confirms it
+    /// ([`Ledger::published`], [`Ledger::deleted`]): what failed is planned again.
+    pub fn plan(&mut self, name: &str, share: &[Shared], map: &[Seen], now_ms: u64) -> Actions {
+        self.entries.retain(|_, e| e.expires_ms > now_ms);
+        let mut actions = Actions::default();
+        let present: HashSet<&AuthKey> = map.iter().map(|s| &s.key).collect();
+        for seen in map.iter().filter(|s| s.expires_ms > now_ms) {
+            let Some(opener) = seen.opener.filter(|o| share.contains(o)) else { continue };
+            if self.entries.get(&seen.key).is_some_and(|e| e.opened_ns == seen.opened_ns) {
+                continue;
+            }
+            let record = Record {
+                version: super::record::RECORD_VERSION,
+                origin: name.into(),
+                opener,
+                opened_ms: seen.opened_ms,
+                expires_ms: seen.expires_ms,
+            };
+            actions.publish.push((seen.key.clone(), record, seen.opened_ns));
+        }
+        actions.delete = self
+            .entries
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
+        actions
+    }
+
+    /// `key`'s grant of `opened_ns` is in etcd.
+    pub fn published(&mut self, key: AuthKey, record: &Record, opened_ns: u64) {
+        let entry = Entry {
+            opened_ns,
+            expires_ms: record.expires_ms,
+            remote: None,
+        };
+        self.entries.insert(key, entry);
+    }
+
+    /// `key` is gone from etcd (deleted by this host, or its deletion watched).
+    /// Returns the publishing host if it was installed from the fleet, which the
+    /// caller then removes from the kernel.
+    pub fn deleted(&mut self, key: &AuthKey) -> Option<String> {
+        self.entries.remove(key).and_then(|e| e.remote)
+    }
+
+    /// An admitted record from another host, installed in the kernel as `opened_ns`.
+    pub fn installed(&mut self, key: AuthKey, record: &Record, opened_ns: u64) {
+        let entry = Entry {
+            opened_ns,
+            expires_ms: record.expires_ms,
+            remote: Some(record.origin.clone()),
+        };
+        self.entries.insert(key, entry);
+    }
+
+    /// After a complete listing (at start, and after a reconnect or a compaction, when
+    /// deletions may have been missed): the fleet's installed authorizations that are
+    /// no longer listed, which the caller removes from the kernel.
+    pub fn relisted(&mut self, listed: &HashSet<AuthKey>) -> Vec<AuthKey> {
+        let gone: Vec<AuthKey> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| e.remote.is_some() && !listed.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.entries.remove(k);
+        }
+        gone
+    }
+
+    /// The publishing host of an authorization installed from the fleet (`status`).
+    pub fn origin(&self, key: &AuthKey) -> Option<&str> {
+        self.entries.get(key)?.remote.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARE: &[Shared] = &[Shared::Knock, Shared::Spa, Shared::Allow];
+
+    fn key(addr: &str) -> AuthKey {
+        AuthKey {
+            addr: addr.parse().unwrap(),
+            sequence: "ssh".into(),
+        }
+    }
+
+    fn seen(addr: &str, opener: Option<Shared>, opened_ns: u64, expires_ms: u64) -> Seen {
+        Seen {
+            key: key(addr),
+            opener,
+            opened_ns,
+            opened_ms: 1,
+            expires_ms,
+        }
+    }
+
+    fn confirm(ledger: &mut Ledger, actions: &Actions) {
+        for (k, r, ns) in &actions.publish {
+            ledger.published(k.clone(), r, ns.to_owned());
+        }
+        for k in &actions.delete {
+            ledger.deleted(k);
+        }
+    }
+
+    #[test]
+    fn publishes_once_and_again_on_renewal_only() {
+        let mut l = Ledger::default();
+        let map = [seen("198.18.0.2", Some(Shared::Knock), 10, 5_000)];
+        let a = l.plan("a", SHARE, &map, 1_000);
+        assert_eq!(a.publish.len(), 1);
+        assert_eq!(a.publish[0].1.origin, "a");
+        confirm(&mut l, &a);
+        assert_eq!(l.plan("a", SHARE, &map, 1_100), Actions::default());
+        let renewed = [seen("198.18.0.2", Some(Shared::Knock), 20, 9_000)];
+        assert_eq!(l.plan("a", SHARE, &renewed, 1_200).publish.len(), 1);
+    }
+
+    #[test]
+    fn what_failed_to_publish_is_planned_again_while_valid() {
+        let mut l = Ledger::default();
+        let map = [seen("198.18.0.2", Some(Shared::Spa), 10, 5_000)];
+        assert_eq!(l.plan("a", SHARE, &map, 1_000).publish.len(), 1);
+        // etcd was away: nothing confirmed, so the next read plans it again.
+        assert_eq!(l.plan("a", SHARE, &map, 4_000).publish.len(), 1);
+        // Expired meanwhile: not published at all.
+        assert_eq!(l.plan("a", SHARE, &map, 5_000), Actions::default());
+    }
+
+    #[test]
+    fn share_and_fleet_installed_ones_are_not_published() {
+        let mut l = Ledger::default();
+        let map = [
+            seen("198.18.0.2", Some(Shared::Allow), 10, 5_000),
+            seen("198.18.0.3", None, 10, 5_000),
+        ];
+        assert_eq!(l.plan("a", &[Shared::Knock], &map, 1_000), Actions::default());
+    }
+
+    #[test]
+    fn a_revocation_here_ends_it_fleet_wide_an_expiry_does_not() {
+        let mut l = Ledger::default();
+        let map = [
+            seen("198.18.0.2", Some(Shared::Knock), 10, 5_000),
+            seen("198.18.0.3", Some(Shared::Knock), 10, 2_000),
+        ];
+        let a = l.plan("a", SHARE, &map, 1_000);
+        confirm(&mut l, &a);
+        // Both gone from the map: .2 revoked while valid, .3 expired.
+        let a = l.plan("a", SHARE, &[], 2_000);
+        assert_eq!(a.delete, vec![key("198.18.0.2")]);
+        // Until the delete is confirmed it is planned again.
+        assert_eq!(l.plan("a", SHARE, &[], 2_100).delete, vec![key("198.18.0.2")]);
+        confirm(&mut l, &a);
+        assert_eq!(l.plan("a", SHARE, &[], 2_200), Actions::default());
+    }
+
+    #[test]
+    fn a_remote_one_revoked_here_is_deleted_and_relisting_loses_no_deletion() {
+        let mut l = Ledger::default();
+        let r = Record {
+            version: 1,
+            origin: "b".into(),
+            opener: Shared::Knock,
+            opened_ms: 1,
+            expires_ms: 5_000,
+        };
+        l.installed(key("198.18.0.2"), &r, 7);
+        l.installed(key("198.18.0.3"), &r, 7);
+        assert_eq!(l.origin(&key("198.18.0.2")), Some("b"));
+        // In the map as installed: nothing to do.
+        let map = [seen("198.18.0.2", None, 7, 5_000), seen("198.18.0.3", None, 7, 5_000)];
+        assert_eq!(l.plan("a", SHARE, &map, 1_000), Actions::default());
+        // .3 was deleted while the watch was down: the listing no longer has it.
+        let listed: HashSet<AuthKey> = [key("198.18.0.2")].into();
+        assert_eq!(l.relisted(&listed), vec![key("198.18.0.3")]);
+        // .2 revoked here with `xknock revoke`: deleted fleet-wide.
+        assert_eq!(l.plan("a", SHARE, &[], 1_100).delete, vec![key("198.18.0.2")]);
+        assert_eq!(l.deleted(&key("198.18.0.2")), Some("b".into()));
+    }
+}
