@@ -46,13 +46,21 @@ impl Ledger {
     /// The actions a complete read `map` at `now_ms` calls for, publishing what
     /// `share` names. Nothing is recorded until the caller confirms it
     /// ([`Ledger::published`], [`Ledger::deleted`]): what failed is planned again.
+    /// `map` must be read after the last [`Ledger::installed`], or a fleet
+    /// authorization installed since would be taken for one revoked here.
     pub fn plan(&mut self, name: &str, share: &[Shared], map: &[Seen], now_ms: u64) -> Actions {
         self.entries.retain(|_, e| e.expires_ms > now_ms);
         let mut actions = Actions::default();
         let present: HashSet<&AuthKey> = map.iter().map(|s| &s.key).collect();
         for seen in map.iter().filter(|s| s.expires_ms > now_ms) {
-            let Some(opener) = seen.opener.filter(|o| share.contains(o)) else { continue };
-            if self.entries.get(&seen.key).is_some_and(|e| e.opened_ns == seen.opened_ns) {
+            let Some(opener) = seen.opener.filter(|o| share.contains(o)) else {
+                continue;
+            };
+            if self
+                .entries
+                .get(&seen.key)
+                .is_some_and(|e| e.opened_ns == seen.opened_ns)
+            {
                 continue;
             }
             let record = Record {
@@ -147,7 +155,7 @@ mod tests {
 
     fn confirm(ledger: &mut Ledger, actions: &Actions) {
         for (k, r, ns) in &actions.publish {
-            ledger.published(k.clone(), r, ns.to_owned());
+            ledger.published(k.clone(), r, *ns);
         }
         for k in &actions.delete {
             ledger.deleted(k);
@@ -220,7 +228,10 @@ mod tests {
         l.installed(key("198.18.0.3"), &r, 7);
         assert_eq!(l.origin(&key("198.18.0.2")), Some("b"));
         // In the map as installed: nothing to do.
-        let map = [seen("198.18.0.2", None, 7, 5_000), seen("198.18.0.3", None, 7, 5_000)];
+        let map = [
+            seen("198.18.0.2", None, 7, 5_000),
+            seen("198.18.0.3", None, 7, 5_000),
+        ];
         assert_eq!(l.plan("a", SHARE, &map, 1_000), Actions::default());
         // .3 was deleted while the watch was down: the listing no longer has it.
         let listed: HashSet<AuthKey> = [key("198.18.0.2")].into();

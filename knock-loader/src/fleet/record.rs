@@ -55,7 +55,10 @@ pub enum Refusal {
     Martian,
     Expired,
     /// It claims more than the sequence allows from now, beyond the clock skew.
-    TooLong { claimed: Duration, limit: Duration },
+    TooLong {
+        claimed: Duration,
+        limit: Duration,
+    },
 }
 
 /// The key names under one fleet's prefix.
@@ -69,9 +72,13 @@ impl Keys {
     pub fn new(prefix: &str) -> Result<Keys, String> {
         let prefix = prefix.trim_end_matches('/');
         if !prefix.starts_with('/') || prefix.contains("//") {
-            return Err(format!("{prefix:?}: a key prefix starts with '/' and has no empty part"));
+            return Err(format!(
+                "{prefix:?}: a key prefix starts with '/' and has no empty part"
+            ));
         }
-        Ok(Keys { prefix: prefix.into() })
+        Ok(Keys {
+            prefix: prefix.into(),
+        })
     }
 
     /// Where every authorization is (what the watcher lists and watches).
@@ -99,7 +106,12 @@ impl Keys {
     /// An SPA request's nonce, claimed by a create-if-absent transaction: a request
     /// captured on its way to one host is a replay on every other.
     pub fn nonce(&self, key_id: &[u8], nonce: &[u8]) -> String {
-        format!("{}/nonce/{}/{}", self.prefix, hex::encode(key_id), hex::encode(nonce))
+        format!(
+            "{}/nonce/{}/{}",
+            self.prefix,
+            hex::encode(key_id),
+            hex::encode(nonce)
+        )
     }
 }
 
@@ -187,7 +199,9 @@ mod tests {
         let r = record(5_000);
         assert_eq!(Record::from_json(r.to_json().as_bytes()), Ok(r));
         assert!(matches!(
-            Record::from_json(br#"{"version":1,"origin":"a","opener":"knock","opened_ms":1,"expires_ms":2,"x":1}"#),
+            Record::from_json(
+                br#"{"version":1,"origin":"a","opener":"knock","opened_ms":1,"expires_ms":2,"x":1}"#
+            ),
             Err(Refusal::Malformed(_))
         ));
     }
@@ -198,17 +212,32 @@ mod tests {
         let skew = Duration::from_secs(5);
         let now = 1_000_000;
         let k = key("198.18.0.2");
-        assert_eq!(admit(&k, &record(now + 60_000), "b", now, hour, skew), Ok(now + 60_000));
+        assert_eq!(
+            admit(&k, &record(now + 60_000), "b", now, hour, skew),
+            Ok(now + 60_000)
+        );
         // The limit plus the skew, and not a millisecond more.
         assert!(admit(&k, &record(now + 3_605_000), "b", now, hour, skew).is_ok());
         assert!(matches!(
             admit(&k, &record(now + 3_605_001), "b", now, hour, skew),
             Err(Refusal::TooLong { .. })
         ));
-        assert_eq!(admit(&k, &record(now), "b", now, hour, skew), Err(Refusal::Expired));
-        assert_eq!(admit(&k, &record(now + 1), "bastion-1", now, hour, skew), Err(Refusal::Own));
-        assert_eq!(admit(&k, &record(now + 1), "b", now, None, skew), Err(Refusal::UnknownSequence));
-        assert_eq!(admit(&key("127.0.0.1"), &record(now + 1), "b", now, hour, skew), Err(Refusal::Martian));
+        assert_eq!(
+            admit(&k, &record(now), "b", now, hour, skew),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(
+            admit(&k, &record(now + 1), "bastion-1", now, hour, skew),
+            Err(Refusal::Own)
+        );
+        assert_eq!(
+            admit(&k, &record(now + 1), "b", now, None, skew),
+            Err(Refusal::UnknownSequence)
+        );
+        assert_eq!(
+            admit(&key("127.0.0.1"), &record(now + 1), "b", now, hour, skew),
+            Err(Refusal::Martian)
+        );
         let mut old = record(now + 1);
         old.version = 2;
         assert_eq!(admit(&k, &old, "b", now, hour, skew), Err(Refusal::Version(2)));
