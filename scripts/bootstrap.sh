@@ -20,7 +20,8 @@ APT_PACKAGES=(
   openssh-server openssh-client                        # the protected service
   knockd nmap hping3 fwknop-client                     # third-party clients, floods
   iptables nftables                                    # the alternatives benchmarked
-  etcd-server etcd-client protobuf-compiler            # the fleet (issue 16): etcd, protoc
+  etcd-server etcd-client                              # the fleet: a real etcd cluster
+  protobuf-compiler libprotobuf-dev                    # protoc and its well-known types (etcd-client)
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -12,6 +12,8 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/bootstrap.sh
 
+# Formatting is part of the change: a diff rustfmt would make fails here.
+cargo fmt --all -- --check
 # The loader's binary is what the end-to-end tests run, so build it first.
 cargo build --locked
 # The client alone, as users build it for their machines: it builds without the

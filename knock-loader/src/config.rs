@@ -3,6 +3,7 @@
 //! names the file, the line and the key.
 
 mod commands;
+mod fleet;
 mod kernel;
 mod parse;
 mod spa;
@@ -24,6 +25,7 @@ use crate::{
 };
 use template::Template;
 
+pub use fleet::{Fleet, OfflineSpa, PrivatePem, Shared, Tls, check_prefix};
 pub use kernel::{Background, rule_index};
 pub use parse::parse_tcp_flags;
 
@@ -110,6 +112,8 @@ pub struct Config {
     /// `stealth = true`: SYNs and datagrams to every port but the configured and the
     /// `public` ones (and UDP replies to the local ephemeral range) are dropped.
     pub stealth: Option<Stealth>,
+    /// `[fleet]`: authorizations shared with other hosts through etcd.
+    pub fleet: Option<Fleet>,
 }
 
 /// Stealth's ports that serve normally (`public`).

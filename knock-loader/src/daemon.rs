@@ -10,6 +10,7 @@
 pub mod commands;
 pub mod event;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod onetime;
 mod options;
@@ -36,6 +37,7 @@ use self::{
     commands::Commands,
     event::{Event, Tally},
     events::{Events, Suppression},
+    fleet::Fleet,
     onetime::Spender,
     reload::Pending,
     spa::Verifier,
@@ -139,6 +141,8 @@ pub(crate) struct Daemon {
     pending: Option<Pending>,
     carried: Carried,
     spender: Spender,
+    /// `[fleet]`: authorizations shared through etcd.
+    fleet: Option<Fleet>,
     /// The time-based slots last written; empty forces a rewrite.
     slots: Vec<Sequence>,
     /// The tables must be rewritten from the config in force (changed, or a write
@@ -179,19 +183,26 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             guard = wakers.rare.readable_mut() => match guard {
                 Ok(mut guard) => {
                     d.drain(guard.get_inner_mut());
-                    // A rare event: perhaps an open that spent a one-time line.
+                    // A rare event: perhaps an open that spent a one-time line, or
+                    // one to publish.
                     d.spent();
+                    d.publish();
                     guard.clear_ready();
                 }
                 Err(e) => wait_failed("kernel events", &e).await,
             },
             guard = wakers.spa.readable_mut(), if spa => match guard {
                 Ok(mut guard) => {
-                    d.spa_requests(wakers.rare.get_mut(), guard.get_inner_mut());
+                    d.spa_requests(wakers.rare.get_mut(), guard.get_inner_mut()).await;
                     guard.clear_ready();
                 }
                 Err(e) => wait_failed("SPA requests", &e).await,
             },
+            report = async { d.fleet.as_mut()?.report().await }, if d.fleet.is_some() => {
+                if let Some(report) = report {
+                    d.fleet_report(report);
+                }
+            }
             _ = rotate.tick(), if timed => d.rewrite(),
             _ = steps.tick() => d.drain(wakers.rare.get_mut()),
             _ = summary.tick() => d.summary(),
@@ -208,6 +219,10 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         }
     }
     d.stop()
+}
+
+fn fleet_skew(config: &Config) -> Duration {
+    config.fleet.as_ref().map_or(Duration::ZERO, |f| f.clock_skew)
 }
 
 /// A ring that cannot be waited for: not expected of an open ring; a pause rather
@@ -265,9 +280,17 @@ impl Daemon {
             commands: Commands::new(&config),
             tally: Arc::default(),
         };
+        let fleet = Fleet::start(&config, &state).context("cannot start the fleet")?;
         if let Some(listener) = listener {
             let stats = output.commands.runner().stats();
-            metrics::serve(listener, config.pin_dir.clone(), stats, output.tally.clone());
+            let fleet = fleet.as_ref().map(Fleet::stats);
+            metrics::serve(
+                listener,
+                config.pin_dir.clone(),
+                stats,
+                output.tally.clone(),
+                fleet,
+            );
         }
         let events = Events::new(&state)?;
         for d in &dropped {
@@ -289,6 +312,7 @@ impl Daemon {
             pending: None,
             carried,
             spender: Spender::default(),
+            fleet,
             // Empty: the first tick rewrites them, in case a period ended since `apply`.
             slots: vec![],
             stale: false,
@@ -316,19 +340,58 @@ impl Daemon {
         }
     }
 
-    /// Verifies and serves the SPA requests the kernel handed over.
-    fn spa_requests(&mut self, rare: &mut RingBuf<MapData>, requests: &mut RingBuf<MapData>) {
+    /// Verifies and serves the SPA requests the kernel handed over; with a fleet, a
+    /// request's nonce is claimed fleet-wide before it is granted.
+    async fn spa_requests(&mut self, rare: &mut RingBuf<MapData>, requests: &mut RingBuf<MapData>) {
         // Kernel events first, so that its knocks print before an open.
         self.drain(rare);
         let Some(verifier) = self.live.verifier.as_mut() else {
             return;
         };
-        while let Some(item) = requests.next() {
-            if let Ok(request) = bytemuck::try_pod_read_unaligned::<SpaRequest>(&item) {
-                for event in spa::serve(&request, verifier, &mut self.state, &mut self.live.events) {
-                    self.output.emit(event);
+        let mut granted = false;
+        loop {
+            let request = match requests.next() {
+                Some(item) => bytemuck::try_pod_read_unaligned::<SpaRequest>(&item),
+                None => break,
+            };
+            let Ok(request) = request else { continue };
+            let grant = match spa::check(&request, verifier) {
+                Ok(grant) => grant,
+                Err(rejection) => {
+                    self.output.emit(spa::rejected(&request, &rejection));
+                    continue;
+                }
+            };
+            if let (Some(fleet), Some(spa)) = (&self.fleet, &self.live.config.spa) {
+                // Acceptable anywhere from `window` before its time to `window` after.
+                let ttl = spa.window * 2 + fleet_skew(&self.live.config);
+                if let Err(rejection) = fleet.claim(&grant.nonce, ttl).await {
+                    self.output.emit(spa::rejected(&request, &rejection));
+                    continue;
                 }
             }
+            for event in spa::authorize(&grant, &mut self.state, &mut self.live.events) {
+                self.output.emit(event);
+            }
+            granted = true;
+        }
+        if granted {
+            self.publish();
+        }
+    }
+
+    /// Publishes (or deletes fleet-wide) what the authorization map calls for.
+    fn publish(&mut self) {
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.publish(&self.state);
+        }
+    }
+
+    /// What etcd reported: installs, removals, confirmations.
+    fn fleet_report(&mut self, report: fleet::Report) {
+        let Some(fleet) = self.fleet.as_mut() else { return };
+        for event in fleet.handle(report, &mut self.state, &mut self.live.events) {
+            self.output.emit(event);
         }
     }
 
@@ -342,6 +405,9 @@ impl Daemon {
             Ok(events) => events.into_iter().for_each(|e| self.output.emit(e)),
             Err(e) => log::error!("cannot sweep the authorizations: {e:#}; retrying"),
         }
+        // After the sweep: a revocation it found is deleted fleet-wide, and what etcd
+        // missed while away is published.
+        self.publish();
     }
 
     /// One `suppressed` line for what the kernel counted instead of reporting.

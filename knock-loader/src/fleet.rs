@@ -3,8 +3,8 @@
 //! must publish, delete or uninstall, decided from complete reads of its
 //! authorization map and of etcd's listing (`ledger`), never from a stream alone.
 //!
-//! Not yet wired into `run`: the etcd client and the watcher are still to come
-//! (docs/fleet.md says what exists).
+//! `daemon::fleet` is the I/O: the etcd client, the watcher, and what `run` does
+//! with their reports.
 
 pub mod ledger;
 pub mod record;

@@ -7,12 +7,13 @@
 //!   format and keys), `timed` (time-based sequences), `onetime` (one-time sequence
 //!   files), `config` (the TOML, validated whole), `knockd` (`import-knockd`),
 //!   `fwknopd` (`import-fwknopd`), `fleet` (the fleet's records and decisions,
-//!   not yet used by `run`);
+//!   without I/O: `daemon::fleet` talks to etcd);
 //! - `client`: `xknock knock` and `xknock spa`, which need nothing of the kernel;
 //! - `kernel`: everything that touches the XDP program and its maps (loading, pins,
 //!   adoption, links and interfaces, typed map access);
 //! - `status` (what `xknock status` and the metrics read from the maps), and
-//!   `daemon` (`xknock run`: events, SPA verification, commands, metrics);
+//!   `daemon` (`xknock run`: events, SPA verification, commands, metrics, the
+//!   fleet);
 //! - `cli`: the command line, one function per command.
 //!
 //! `kernel`, `status` and `daemon` need the `daemon` feature (the default); without

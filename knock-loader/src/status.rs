@@ -1,14 +1,23 @@
 //! `xknock status`: what the pinned maps say, from any shell.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Result;
-use knock_common::{Flow, Progress, SequenceConfig};
+use knock_common::{Flow, Origin, Progress, SequenceConfig};
 use serde::Serialize;
 
 use crate::{
     clock::human,
-    kernel::maps::{State, sequence_name},
+    kernel::{
+        maps::{State, sequence_name},
+        pins::PinDir,
+    },
     net::{Knock, unmapped},
 };
 
@@ -66,6 +75,43 @@ pub struct Authorized {
     pub source: IpAddr,
     pub sequence: String,
     pub left_ms: u64,
+    /// What granted it: knock, spa, allow or fleet.
+    pub reason: &'static str,
+    /// For one installed from the fleet, the host that published it (as `run`
+    /// saved it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// Where `run` saves the publishing hosts of what the fleet installed, beside its
+/// lock.
+pub fn origins_file(pin_dir: &Path) -> PathBuf {
+    PinDir(pin_dir).lock().with_extension("fleet.json")
+}
+
+/// The origins `run` saved: publishing host by (address, sequence); empty without
+/// a fleet (or a `run`).
+fn origins(pin_dir: &Path) -> HashMap<(IpAddr, String), String> {
+    let Ok(text) = std::fs::read_to_string(origins_file(pin_dir)) else {
+        return HashMap::new();
+    };
+    let map: HashMap<String, String> = serde_json::from_str(&text).unwrap_or_default();
+    map.into_iter()
+        .filter_map(|(k, origin)| {
+            let (addr, seq) = k.rsplit_once('/')?;
+            Some(((addr.parse().ok()?, seq.to_owned()), origin))
+        })
+        .collect()
+}
+
+fn opener(origin: u8) -> &'static str {
+    match Origin::from_u8(origin) {
+        Some(Origin::Knock) => "knock",
+        Some(Origin::Spa) => "spa",
+        Some(Origin::Allow) => "allow",
+        Some(Origin::Fleet) => "fleet",
+        None => "unknown",
+    }
 }
 
 /// Whether progress still counts at `now`: neither timeout has passed (the kernel
@@ -94,7 +140,9 @@ fn ports(list: &[knock_common::PortProto], n: u8) -> Vec<String> {
 }
 
 impl Status {
-    pub fn read(state: &State) -> Result<Status> {
+    /// What `state`'s maps say; `pin_dir` is where `run` saved the fleet's origins.
+    pub fn read(state: &State, pin_dir: &Path) -> Result<Status> {
+        let origins = origins(pin_dir);
         let now = state.now_ns()?;
         let seqs = state.sequences()?;
         let config = |i: u8| seqs.iter().find(|(j, _)| *j == i).map(|(_, c)| c);
@@ -130,10 +178,18 @@ impl Status {
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, a)| a.expires_ns > now)
-            .map(|(k, a)| Authorized {
-                source: unmapped(k.addr),
-                sequence: name(k.seq),
-                left_ms: (a.expires_ns - now) / 1_000_000,
+            .map(|(k, a)| {
+                let (source, sequence) = (unmapped(k.addr), name(k.seq));
+                let fleet = a.origin == Origin::Fleet as u8;
+                Authorized {
+                    origin: fleet
+                        .then(|| origins.get(&(source, sequence.clone())).cloned())
+                        .flatten(),
+                    source,
+                    sequence,
+                    left_ms: (a.expires_ns - now) / 1_000_000,
+                    reason: opener(a.origin),
+                }
             })
             .collect();
         authorized.sort_by_key(|a| (a.source, a.sequence.clone()));
@@ -204,9 +260,13 @@ impl Status {
         }
         let _ = writeln!(out, "authorized: {}", self.authorized.len());
         for a in &self.authorized {
+            let from = match &a.origin {
+                Some(host) => format!("fleet from {host}"),
+                None => a.reason.to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<39} {:<12} {} left",
+                "  {:<39} {:<12} {} left ({from})",
                 a.source,
                 a.sequence,
                 ms(a.left_ms)

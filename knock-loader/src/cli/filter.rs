@@ -81,7 +81,7 @@ pub fn down(pins: &Pins) -> Result<()> {
 
 /// `xknock status`.
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let status = Status::read(&State::from_pins(&args.pins.pin_dir)?)?;
+    let status = Status::read(&State::from_pins(&args.pins.pin_dir)?, &args.pins.pin_dir)?;
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
     } else {

@@ -18,6 +18,7 @@ use crate::timed::TimedSecret;
 use super::{
     BanPolicy, Config, DEFAULT_PIN_DIR, EventLimits, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
     commands::{RawCommands, parse_commands, parse_template},
+    fleet::{RawFleet, parse_fleet},
     is_plain_name,
     spa::{RawSpa, parse_spa},
 };
@@ -53,6 +54,7 @@ struct RawConfig {
     #[serde(default)]
     stealth: bool,
     public: Option<Spanned<Vec<Spanned<String>>>>,
+    fleet: Option<Spanned<RawFleet>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -277,6 +279,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
     let stealth = parse_stealth(&src, raw.stealth, raw.public.as_ref(), &sequences, spa.as_ref())?;
     let commands = parse_commands(&src, raw.commands.as_ref())?;
     let events = parse_events(&src, &raw.events)?;
+    let fleet = raw.fleet.as_ref().map(|f| parse_fleet(&src, f)).transpose()?;
     let interfaces = match raw.interface {
         None => vec![],
         Some(OneOrMany::One(i)) => vec![i],
@@ -295,6 +298,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config> {
         commands,
         events,
         stealth,
+        fleet,
     })
 }
 

@@ -503,11 +503,13 @@ mod tests {
                     reason: crate::daemon::event::Opener::Allow,
                     open_for: Duration::from_secs(1),
                     client: None,
+                    origin: None,
                 }
             } else {
                 Kind::Close {
                     sequence: "ssh".into(),
                     reason: crate::daemon::event::CloseReason::Expired,
+                    origin: None,
                 }
             },
         };

@@ -43,9 +43,16 @@ pub enum Kind {
         open_for: Duration,
         /// The SPA client whose request opened.
         client: Option<String>,
+        /// The fleet host that published it, for one installed from the fleet.
+        origin: Option<String>,
     },
     /// An authorization ended.
-    Close { sequence: String, reason: CloseReason },
+    Close {
+        sequence: String,
+        reason: CloseReason,
+        /// As in `Open`.
+        origin: Option<String>,
+    },
     /// A completed sequence or a granted request that could not be authorized.
     OpenFailed {
         sequence: String,
@@ -209,6 +216,7 @@ impl Event {
             reason: None,
             open_for: None,
             client: None,
+            origin: None,
             detail: None,
         };
         match &self.kind {
@@ -221,13 +229,16 @@ impl Event {
                 reason,
                 open_for,
                 client,
+                origin,
                 ..
             } => {
                 l.reason = Some(reason.as_str());
                 l.open_for = Some(human(*open_for));
                 l.client = client.as_deref();
+                l.origin = origin.as_deref();
             }
-            Kind::Close { reason, .. } => {
+            Kind::Close { reason, origin, .. } => {
+                l.origin = origin.as_deref();
                 l.reason = Some(match reason {
                     CloseReason::Expired => "expired",
                     CloseReason::Revoked => "revoked",
@@ -334,6 +345,9 @@ struct Line<'a> {
     /// The SPA client whose request opened (its name in the config).
     #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<&'a str>,
+    /// The fleet host that published an authorization installed from the fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a str>,
     /// What exactly was wrong (how far off a rejected request's clock was, say).
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -359,6 +373,9 @@ impl Line<'_> {
         }
         if let Some(client) = self.client {
             line += &format!(" client={client}");
+        }
+        if let Some(origin) = self.origin {
+            line += &format!(" origin={origin}");
         }
         if let Some(detail) = self.detail {
             line += &format!(": {detail}");
@@ -395,6 +412,7 @@ mod tests {
                 reason: Opener::Knock,
                 open_for: Duration::from_secs(30),
                 client: None,
+                origin: None,
             },
         };
         assert_eq!(

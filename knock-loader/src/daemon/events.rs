@@ -74,6 +74,8 @@ pub struct Events {
     /// Bans announced and not yet lifted, with their end.
     bans: HashMap<[u8; 16], u64>,
     ban_for: Duration,
+    /// The publishing host of each authorization installed from the fleet.
+    origins: HashMap<SourceKey, String>,
 }
 
 impl Events {
@@ -98,6 +100,7 @@ impl Events {
             open,
             bans,
             ban_for,
+            origins: HashMap::new(),
         })
     }
 
@@ -131,8 +134,41 @@ impl Events {
             reason: Opener::Spa,
             open_for,
             client: Some(client.into()),
+            origin: None,
+        };
+        self.origins.remove(&key);
+        Self::event(SystemTime::now(), key.addr, kind)
+    }
+
+    /// `open` for an authorization the fleet installed, published by `origin`.
+    pub fn fleet_open(&mut self, key: SourceKey, auth: &Authorization, origin: &str) -> Event {
+        self.open.insert(key, auth.opened_ns);
+        self.origins.insert(key, origin.into());
+        let kind = Kind::Open {
+            sequence: self.name(key.seq),
+            reason: Opener::Fleet,
+            open_for: Duration::from_nanos(auth.expires_ns.saturating_sub(auth.opened_ns)),
+            client: None,
+            origin: Some(origin.into()),
         };
         Self::event(SystemTime::now(), key.addr, kind)
+    }
+
+    /// `close` (revoked) for an authorization the fleet ended here, if it was
+    /// announced and not closed yet.
+    pub fn fleet_close(&mut self, key: SourceKey) -> Option<Event> {
+        self.open.remove(&key)?;
+        let kind = Kind::Close {
+            sequence: self.name(key.seq),
+            reason: CloseReason::Revoked,
+            origin: self.origins.remove(&key),
+        };
+        Some(Self::event(SystemTime::now(), key.addr, kind))
+    }
+
+    /// The publishing host of an authorization installed from the fleet.
+    pub fn origin(&self, key: &SourceKey) -> Option<&str> {
+        self.origins.get(key).map(String::as_str)
     }
 
     /// `open_failed` for an authorization `run` could not add.
@@ -150,6 +186,7 @@ impl Events {
         let kind = Kind::Close {
             sequence: dropped.sequence.clone(),
             reason: CloseReason::Removed,
+            origin: None,
         };
         Self::event(SystemTime::now(), dropped.key.addr, kind)
     }
@@ -185,12 +222,14 @@ impl Events {
                     return None;
                 }
                 self.open.insert(key, ev.ts_ns);
+                self.origins.remove(&key);
                 let open_for = self.sequences.get(&ev.seq).map(|(_, d)| *d).unwrap_or_default();
                 Kind::Open {
                     sequence,
                     reason: Opener::Knock,
                     open_for,
                     client: None,
+                    origin: None,
                 }
             }
             EventKind::OpenFailed => Kind::OpenFailed {
@@ -261,6 +300,7 @@ impl Events {
                 let kind = Kind::Close {
                     sequence: self.name(key.seq),
                     reason: CloseReason::Expired,
+                    origin: self.origins.remove(key),
                 };
                 events.push(Self::event(clock::wall_time(expires, now_ns), key.addr, kind));
                 self.open.remove(key);
@@ -271,6 +311,7 @@ impl Events {
                     reason: Opener::from_origin(auth.origin),
                     open_for: Duration::from_nanos(expires.saturating_sub(auth.opened_ns)),
                     client: None,
+                    origin: self.origins.get(key).cloned(),
                 };
                 events.push(Self::event(at, key.addr, kind));
                 self.open.insert(*key, auth.opened_ns);
@@ -287,6 +328,7 @@ impl Events {
             let kind = Kind::Close {
                 sequence: self.name(key.seq),
                 reason: CloseReason::Revoked,
+                origin: self.origins.remove(&key),
             };
             events.push(Self::event(now, key.addr, kind));
         }

@@ -30,7 +30,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{commands::Stats, event::Tally};
+use super::{commands::Stats, event::Tally, fleet::Stats as FleetStats};
 use crate::{kernel::maps::State, status};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -66,7 +66,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `/metrics` on `listener` from the maps pinned in `pin_dir`, until the
 /// runtime ends.
-pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>, events: Arc<Tally>) {
+pub fn serve(
+    listener: TcpListener,
+    pin_dir: PathBuf,
+    commands: Arc<Stats>,
+    events: Arc<Tally>,
+    fleet: Option<Arc<FleetStats>>,
+) {
     if let Ok(addr) = listener.local_addr() {
         log::info!("metrics at http://{addr}/metrics");
     }
@@ -74,6 +80,7 @@ pub fn serve(listener: TcpListener, pin_dir: PathBuf, commands: Arc<Stats>, even
         pin_dir,
         commands,
         events,
+        fleet,
         one_at_a_time: Arc::default(),
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -126,6 +133,7 @@ struct Scraper {
     pin_dir: PathBuf,
     commands: Arc<Stats>,
     events: Arc<Tally>,
+    fleet: Option<Arc<FleetStats>>,
     one_at_a_time: Arc<Mutex<()>>,
 }
 
@@ -151,7 +159,7 @@ impl Scraper {
         })
         .await;
         match read.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok(snapshot) => match snapshot.encode(&self.commands, &self.events) {
+            Ok(snapshot) => match snapshot.encode(&self.commands, &self.events, self.fleet.as_deref()) {
                 Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, text),
                 Err(e) => {
                     log::warn!("metrics: cannot encode: {e}");
@@ -266,7 +274,12 @@ impl Snapshot {
         })
     }
 
-    fn encode(&self, commands: &Stats, events: &Tally) -> Result<String, std::fmt::Error> {
+    fn encode(
+        &self,
+        commands: &Stats,
+        events: &Tally,
+        fleet: Option<&FleetStats>,
+    ) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("xknock");
         let counters = Family::<[(&str, &str); 1], Counter>::default();
         for (name, value) in &self.counters {
@@ -339,9 +352,52 @@ impl Snapshot {
              the rest are in the suppressed_* counters)",
             reported,
         );
+        if let Some(fleet) = fleet {
+            register_fleet(&mut registry, fleet);
+        }
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)
+    }
+}
+
+/// `[fleet]`: whether etcd is reachable, and what went through it.
+fn register_fleet(registry: &mut Registry, fleet: &FleetStats) {
+    let connected = Gauge::<i64>::default();
+    connected.set(i64::from(fleet.connected.load(Relaxed)));
+    registry.register(
+        "fleet_connected",
+        "1 while etcd is reachable and the watch is up (0: nothing arrives from the fleet)",
+        connected,
+    );
+    let lag = Gauge::<i64>::default();
+    lag.set(i64::try_from(fleet.watch_lag_ms.load(Relaxed)).unwrap_or(i64::MAX));
+    registry.register(
+        "fleet_watch_lag_milliseconds",
+        "How old the last authorization installed from the fleet was when it arrived \
+         (from its grant on the publishing host; clock skew included)",
+        lag,
+    );
+    for (name, help, value) in [
+        (
+            "fleet_published",
+            "Authorizations this host wrote to etcd",
+            &fleet.published,
+        ),
+        (
+            "fleet_installed",
+            "Authorizations from other hosts installed here",
+            &fleet.installed,
+        ),
+        (
+            "fleet_refused",
+            "Records from other hosts refused (too long, unknown sequence, malformed)",
+            &fleet.refused,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value.load(Relaxed));
+        registry.register(name, help, counter);
     }
 }
 
@@ -384,7 +440,7 @@ mod tests {
             "malformed",
             String::new(),
         ));
-        let text = snapshot.encode(&stats, &events).expect("encodes");
+        let text = snapshot.encode(&stats, &events, None).expect("encodes");
         for line in [
             "# TYPE xknock_counter counter",
             "xknock_counter_total{name=\"drop_knock\"} 6",

@@ -69,6 +69,11 @@ impl Daemon {
                 }
                 self.live.config = pending.config;
                 self.live.verifier = pending.verifier;
+                if let Some(fleet) = self.fleet.as_mut()
+                    && let Err(e) = fleet.retable(&self.live.config, &self.state)
+                {
+                    log::error!("reload: fleet: cannot read the new sequences: {e:#}");
+                }
                 self.output.commands.set_hooks(&self.live.config);
                 self.slots = vec![];
                 self.stale = false;
@@ -105,6 +110,9 @@ fn prepare(opts: &RunOptions, live: &Live, spender: &Spender) -> Result<(Config,
             "[limits] changed: the maps keep the sizes they were created with (to resize them, \
              stop `run`, `xknock down`, which loses authorizations and progress, and start again)"
         );
+    }
+    if config.fleet != live.config.fleet {
+        bail!("[fleet] changed: restart `run` to join another fleet or change what it shares");
     }
     spender.adjust(&mut config)?;
     // The nonces in memory carry over (to a new replay_file too), each for the

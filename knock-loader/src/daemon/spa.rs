@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use knock_common::{Authorization, Origin, SPA_MAX_PAYLOAD, SpaRequest};
+use knock_common::{Authorization, Origin, SPA_KEY_ID_LEN, SPA_MAX_PAYLOAD, SpaRequest};
 
 pub use replay::MAX_ENTRIES as REPLAY_CACHE_ENTRIES;
 pub use verify::Verifier;
@@ -21,31 +21,34 @@ use crate::{
     clock::{human, nanos},
     daemon::{event::Event, events::Events},
     kernel::maps::State,
-    net::{source_key, unmapped},
+    net::{mapped, source_key, unmapped},
+    spa::packet::NONCE_LEN,
 };
 
-/// Verifies `request` and authorizes what it was granted; returns the events.
-pub fn serve(
-    request: &SpaRequest,
-    verifier: &mut Verifier,
-    state: &mut State,
-    events: &mut Events,
-) -> Vec<Event> {
+/// Verifies `request`.
+pub fn check(request: &SpaRequest, verifier: &mut Verifier) -> Result<Grant, Rejection> {
     let len = (request.len as usize).min(SPA_MAX_PAYLOAD);
     let payload = request.payload.get(..len).unwrap_or_default();
-    let grant = match verifier.verify(unmapped(request.addr), payload, SystemTime::now()) {
-        Ok(grant) => grant,
-        Err(rejection) => {
-            return vec![Events::spa_rejected(
-                request.addr,
-                rejection.reason(),
-                rejection.to_string(),
-            )];
-        }
-    };
+    verifier.verify(unmapped(request.addr), payload, SystemTime::now())
+}
+
+/// `spa_rejected` for `request`, refused for `rejection`.
+pub fn rejected(request: &SpaRequest, rejection: &Rejection) -> Event {
+    Events::spa_rejected(request.addr, rejection.reason(), rejection.to_string())
+}
+
+/// Authorizes what `grant` was granted, exactly as a completed knock sequence
+/// would; returns the events.
+pub fn authorize(grant: &Grant, state: &mut State, events: &mut Events) -> Vec<Event> {
     let now_ns = match state.now_ns() {
         Ok(now) => now,
-        Err(e) => return vec![Events::spa_rejected(request.addr, "error", format!("{e:#}"))],
+        Err(e) => {
+            return vec![Events::spa_rejected(
+                mapped(grant.addr),
+                "error",
+                format!("{e:#}"),
+            )];
+        }
     };
     let expires_ns = now_ns.saturating_add(nanos(grant.open_for));
     let auth = Authorization::new(now_ns, expires_ns, Origin::Spa);
@@ -62,6 +65,14 @@ pub fn serve(
         .collect()
 }
 
+/// What a request's replay is recognised by: its client's key id (fwknop's requests
+/// share one) and its nonce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nonce {
+    pub key_id: [u8; SPA_KEY_ID_LEN],
+    pub nonce: [u8; NONCE_LEN],
+}
+
 /// An accepted request: open `sequences` for `addr` for `open_for`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -72,6 +83,7 @@ pub struct Grant {
     /// Indices into `config.sequences`, ascending, without repeats.
     pub sequences: Vec<u8>,
     pub open_for: Duration,
+    pub nonce: Nonce,
 }
 
 /// Why a request was refused. Nothing is ever sent back; these are for the log.
@@ -114,6 +126,10 @@ pub enum Rejection {
     BadPlaintext { why: &'static str },
     /// An authentic command or NAT message, which xknock never acts on.
     Unsupported { what: &'static str },
+    /// Another host of the fleet accepted the same request (its nonce is claimed).
+    ReplayedInFleet,
+    /// The nonce could not be claimed fleet-wide and `[fleet] offline_spa = "refuse"`.
+    FleetUnreachable,
 }
 
 impl Rejection {
@@ -136,6 +152,8 @@ impl Rejection {
             Rejection::BadHmac => "bad_hmac",
             Rejection::BadPlaintext { .. } => "bad_plaintext",
             Rejection::Unsupported { .. } => "unsupported",
+            Rejection::ReplayedInFleet => "replayed",
+            Rejection::FleetUnreachable => "fleet_unreachable",
         }
     }
 }
@@ -186,6 +204,12 @@ impl fmt::Display for Rejection {
             ),
             Rejection::BadPlaintext { why } => write!(f, "authentic, but not fwknop's plaintext: {why}"),
             Rejection::Unsupported { what } => write!(f, "{what}: refused"),
+            Rejection::ReplayedInFleet => {
+                f.write_str("a replay of a request another host of the fleet accepted")
+            }
+            Rejection::FleetUnreachable => f.write_str(
+                "its nonce cannot be claimed in the fleet (etcd unreachable) and offline_spa = \"refuse\"",
+            ),
         }
     }
 }

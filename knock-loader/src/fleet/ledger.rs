@@ -29,6 +29,20 @@ struct Entry {
     remote: Option<String>,
 }
 
+/// How close to its expiry a missing authorization is taken for expired, not
+/// revoked: clocks in ms and in kernel ns round apart, and deleting a record its
+/// host renewed just then would end the renewal fleet-wide.
+pub const EXPIRY_GRACE_MS: u64 = 1_000;
+
+/// An authorization gone from etcd that this host holds (or held): the caller
+/// removes it from the kernel if the map still has this grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gone {
+    pub opened_ns: u64,
+    /// The publishing host, for one installed from the fleet.
+    pub remote: Option<String>,
+}
+
 /// What to do after a read of the map.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Actions {
@@ -74,9 +88,9 @@ impl Ledger {
         }
         actions.delete = self
             .entries
-            .keys()
-            .filter(|k| !present.contains(k))
-            .cloned()
+            .iter()
+            .filter(|(k, e)| !present.contains(k) && e.expires_ms > now_ms + EXPIRY_GRACE_MS)
+            .map(|(k, _)| k.clone())
             .collect();
         actions
     }
@@ -92,10 +106,11 @@ impl Ledger {
     }
 
     /// `key` is gone from etcd (deleted by this host, or its deletion watched).
-    /// Returns the publishing host if it was installed from the fleet, which the
-    /// caller then removes from the kernel.
-    pub fn deleted(&mut self, key: &AuthKey) -> Option<String> {
-        self.entries.remove(key).and_then(|e| e.remote)
+    pub fn deleted(&mut self, key: &AuthKey) -> Option<Gone> {
+        self.entries.remove(key).map(|e| Gone {
+            opened_ns: e.opened_ns,
+            remote: e.remote,
+        })
     }
 
     /// An admitted record from another host, installed in the kernel as `opened_ns`.
@@ -109,19 +124,26 @@ impl Ledger {
     }
 
     /// After a complete listing (at start, and after a reconnect or a compaction, when
-    /// deletions may have been missed): the fleet's installed authorizations that are
-    /// no longer listed, which the caller removes from the kernel.
-    pub fn relisted(&mut self, listed: &HashSet<AuthKey>) -> Vec<AuthKey> {
+    /// deletions may have been missed): what this host holds, from the fleet or
+    /// published, that the listing no longer has while still valid at `now_ms`:
+    /// deleted elsewhere meanwhile, which the caller removes from the kernel.
+    pub fn relisted(&mut self, listed: &HashSet<AuthKey>, now_ms: u64) -> Vec<(AuthKey, Gone)> {
         let gone: Vec<AuthKey> = self
             .entries
             .iter()
-            .filter(|(k, e)| e.remote.is_some() && !listed.contains(*k))
+            .filter(|(k, e)| !listed.contains(*k) && e.expires_ms > now_ms + EXPIRY_GRACE_MS)
             .map(|(k, _)| k.clone())
             .collect();
-        for k in &gone {
-            self.entries.remove(k);
-        }
-        gone
+        gone.into_iter()
+            .filter_map(|k| self.deleted(&k).map(|g| (k, g)))
+            .collect()
+    }
+
+    /// Every authorization installed from the fleet, with its publishing host.
+    pub fn remote(&self) -> impl Iterator<Item = (&AuthKey, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| Some((k, e.remote.as_deref()?)))
     }
 
     /// The publishing host of an authorization installed from the fleet (`status`).
@@ -235,9 +257,32 @@ mod tests {
         assert_eq!(l.plan("a", SHARE, &map, 1_000), Actions::default());
         // .3 was deleted while the watch was down: the listing no longer has it.
         let listed: HashSet<AuthKey> = [key("198.18.0.2")].into();
-        assert_eq!(l.relisted(&listed), vec![key("198.18.0.3")]);
+        let gone = Gone {
+            opened_ns: 7,
+            remote: Some("b".into()),
+        };
+        assert_eq!(
+            l.relisted(&listed, 1_000),
+            vec![(key("198.18.0.3"), gone.clone())]
+        );
         // .2 revoked here with `xknock revoke`: deleted fleet-wide.
         assert_eq!(l.plan("a", SHARE, &[], 1_100).delete, vec![key("198.18.0.2")]);
-        assert_eq!(l.deleted(&key("198.18.0.2")), Some("b".into()));
+        assert_eq!(l.deleted(&key("198.18.0.2")), Some(gone));
+    }
+
+    #[test]
+    fn a_published_one_deleted_elsewhere_while_away_is_found_by_the_listing() {
+        let mut l = Ledger::default();
+        let map = [
+            seen("198.18.0.2", Some(Shared::Knock), 10, 9_000),
+            seen("198.18.0.3", Some(Shared::Knock), 10, 1_500),
+        ];
+        let a = l.plan("a", SHARE, &map, 1_000);
+        confirm(&mut l, &a);
+        // Neither is listed: .2 was revoked on another host, .3 is about to expire
+        // (its lease may be gone already): only .2 is a deletion.
+        let gone = l.relisted(&HashSet::new(), 1_000);
+        let gone: Vec<_> = gone.into_iter().map(|(k, g)| (k, g.remote)).collect();
+        assert_eq!(gone, vec![(key("198.18.0.2"), None)]);
     }
 }

@@ -6,19 +6,15 @@ use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::millis, config::is_plain_name, net::is_martian};
+pub use crate::config::Shared;
+use crate::{
+    clock::millis,
+    config::{check_prefix, is_plain_name},
+    net::is_martian,
+};
 
 /// The version of [`Record`]; a receiver refuses any other.
 pub const RECORD_VERSION: u32 = 1;
-
-/// What made an authorization, as published (fwknop's requests are `spa`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Shared {
-    Knock,
-    Spa,
-    Allow,
-}
 
 /// One source's authorization for one sequence, fleet-wide.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,16 +64,10 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// `prefix` as configured: starts with `/`, a trailing `/` is dropped.
+    /// `prefix` as configured (see [`check_prefix`]).
     pub fn new(prefix: &str) -> Result<Keys, String> {
-        let prefix = prefix.trim_end_matches('/');
-        if !prefix.starts_with('/') || prefix.contains("//") {
-            return Err(format!(
-                "{prefix:?}: a key prefix starts with '/' and has no empty part"
-            ));
-        }
         Ok(Keys {
-            prefix: prefix.into(),
+            prefix: check_prefix(prefix)?,
         })
     }
 

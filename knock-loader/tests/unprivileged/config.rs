@@ -388,3 +388,69 @@ fn time_based_sequences_are_refused_where_their_ports_are_ambiguous() {
         assert!(format!("{e:#}").contains(expected), "{expected}: {e:#}");
     }
 }
+
+#[test]
+fn fleet_defaults_and_refusals() {
+    let fleet = "[fleet]\nname = \"bastion-1\"\netcd = [\"http://198.18.0.5:2379/\"]\n";
+    let c = parse(&format!("{SEQ}{fleet}")).expect("valid");
+    let f = c.fleet.expect("[fleet]");
+    assert_eq!(f.etcd, ["http://198.18.0.5:2379"], "a trailing / is dropped");
+    assert_eq!(f.prefix, "/xknock");
+    assert_eq!(f.share.len(), 3, "knock, spa and allow by default");
+    assert_eq!(f.clock_skew, Duration::from_secs(2));
+    assert_eq!(f.offline_spa, xknock::config::OfflineSpa::Local);
+    assert!(f.tls.is_none());
+    let c = parse(&format!(
+        "{SEQ}{fleet}prefix = \"/fleets/a/\"\nshare = [\"spa\"]\noffline_spa = \"refuse\"\n"
+    ))
+    .expect("valid");
+    let f = c.fleet.expect("[fleet]");
+    assert_eq!(f.prefix, "/fleets/a");
+    assert_eq!(f.share, [xknock::config::Shared::Spa]);
+    for (extra, want) in [
+        (
+            "prefix = \"/\"\n",
+            "test.toml:8: fleet.prefix: \"/\": a key prefix",
+        ),
+        ("prefix = \"x//y\"\n", "fleet.prefix"),
+        (
+            "share = [\"knock\", \"knock\"]\n",
+            "test.toml:8: fleet.share: Knock twice",
+        ),
+        ("share = [\"ban\"]\n", "test.toml:8: unknown variant `ban`"),
+        ("clock_skew = \"soon\"\n", "test.toml:8: fleet.clock_skew"),
+        (
+            "offline_spa = \"maybe\"\n",
+            "test.toml:8: unknown variant `maybe`",
+        ),
+        (
+            "cert_file = \"c.pem\"\n",
+            "test.toml:8: fleet: give cert_file and key_file together",
+        ),
+        (
+            "ca_file = \"ca.pem\"\n",
+            "fleet.ca_file: TLS files, but the endpoints are http://",
+        ),
+        ("bans = true\n", "test.toml:8: unknown field `bans`"),
+    ] {
+        let e = refused(&format!("{SEQ}{fleet}{extra}"));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    for (etcd, want) in [
+        ("[]", "test.toml:7: fleet.etcd: no endpoint"),
+        ("[\"198.18.0.5:2379\"]", "is not a URL like"),
+        ("[\"http://198.18.0.5\"]", "is not a URL like"),
+        (
+            "[\"https://198.18.0.5:2379\", \"http://198.18.0.6:2379\"]",
+            "use one for all",
+        ),
+        ("[\"https://198.18.0.5:2379\"]", "fleet.ca_file: missing"),
+    ] {
+        let e = refused(&format!("{SEQ}[fleet]\nname = \"a\"\netcd = {etcd}\n"));
+        assert!(e.contains(want), "{etcd}: {e}");
+    }
+    let e = refused(&format!(
+        "{SEQ}[fleet]\nname = \"a b\"\netcd = [\"http://h:1\"]\n"
+    ));
+    assert!(e.contains("test.toml:6: fleet.name: \"a b\""), "{e}");
+}

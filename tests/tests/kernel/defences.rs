@@ -409,7 +409,7 @@ fn ipv6_bans_cover_the_whole_prefix_and_unban_takes_any_address_of_it() {
     let bans = h.state.live_bans(h.now_ns());
     let key = xknock::net::mapped("fd00:1:2:3::".parse().unwrap());
     assert_eq!(bans.keys().copied().collect::<Vec<_>>(), vec![key]);
-    let status = xknock::status::Status::read(&h.state).expect("status");
+    let status = xknock::status::Status::read(&h.state, &h.pin_dir()).expect("status");
     assert!(status.render().contains("fd00:1:2:3::/64"), "{}", status.render());
     assert!(
         h.kinds().iter().any(|(k, _, _)| *k == EventKind::Ban),

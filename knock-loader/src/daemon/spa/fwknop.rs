@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    Grant, Rejection,
+    Grant, Nonce, Rejection,
     verify::{Verifier, address},
 };
 use crate::{
@@ -106,6 +106,10 @@ impl Verifier {
             addr,
             sequences,
             open_for,
+            nonce: Nonce {
+                key_id: REPLAY_KEY_ID.0,
+                nonce,
+            },
         })
     }
 

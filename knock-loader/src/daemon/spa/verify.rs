@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use chacha20poly1305::XChaCha20Poly1305;
 
 use super::{
-    Grant, Rejection,
+    Grant, Nonce, Rejection,
     replay::{RecordError, ReplayCache},
 };
 use crate::{
@@ -162,6 +162,10 @@ impl Verifier {
             addr,
             sequences,
             open_for,
+            nonce: Nonce {
+                key_id: header.key_id.0,
+                nonce: header.nonce,
+            },
         })
     }
 
@@ -382,7 +386,11 @@ mod tests {
         }
 
         fn verify(&mut self, source: IpAddr, packet: &[u8], now_ms: u64) -> Result<Grant, Rejection> {
-            self.verifier.verify(source, packet, t(now_ms))
+            // The nonce is the request's own: what the tests compare is the rest.
+            self.verifier.verify(source, packet, t(now_ms)).map(|g| Grant {
+                nonce: Nonce::default(),
+                ..g
+            })
         }
     }
 
@@ -405,6 +413,7 @@ mod tests {
             addr,
             sequences,
             open_for: Duration::from_secs(open_for),
+            nonce: Nonce::default(),
         })
     }
 
@@ -798,7 +807,20 @@ mod tests {
             &request(vec![]),
         )
         .expect("seals");
-        assert_eq!(v.verify(SOURCE, &p, t(T0)), grant("bob", SOURCE, vec![2], 20));
+        let granted = v.verify(SOURCE, &p, t(T0)).expect("granted");
+        assert_eq!(
+            granted.nonce,
+            Nonce {
+                key_id: BOB_ID.0,
+                nonce: [1; NONCE_LEN]
+            },
+            "the nonce the fleet claims"
+        );
+        let granted = Grant {
+            nonce: Nonce::default(),
+            ..granted
+        };
+        assert_eq!(Ok(granted), grant("bob", SOURCE, vec![2], 20));
     }
 
     #[test]
