@@ -93,6 +93,42 @@ impl Drop for BpfFs {
     }
 }
 
+/// A tmpfs of `size` (`64k`, `256m`) mounted on a fresh temporary directory, mode
+/// 0700, unmounted (lazily, should something still hold it) on drop.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        require_root();
+        let dir = std::env::temp_dir().join(unique("xknock-tmpfs-"));
+        std::fs::create_dir_all(&dir).expect("create tmpfs mount point");
+        let mount = Tmpfs { dir };
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "xknock-test",
+            mount.dir.to_str().expect("utf-8 temp dir"),
+        ]);
+        mount
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// The `xknock` binary of the same build: target/<profile>/xknock, beside a binary
 /// or one level above a test executable (target/<profile>/deps/).
 pub fn xknock_bin() -> PathBuf {
