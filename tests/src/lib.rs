@@ -3,6 +3,7 @@
 //! run and removed on drop, also when the test panics.
 
 pub mod cpu;
+pub mod fleet;
 pub mod frame;
 pub mod fuzz;
 pub mod harness;

@@ -128,7 +128,8 @@ impl Hosts {
     /// Starts OpenSSH's sshd in the server namespace on port 22, with a host key made
     /// for this run. Returns once it listens.
     pub fn start_sshd(&mut self, dir: &std::path::Path) {
-        self.children.push(spawn_sshd(&self.server, dir));
+        self.children
+            .push(spawn_sshd(&self.server, dir, Stdio::inherit()));
     }
 }
 
@@ -163,8 +164,9 @@ pub fn run_in(ns: &str, args: &[&str]) -> (bool, String) {
 }
 
 /// Starts OpenSSH's sshd in namespace `ns` on port 22, with a host key and config
-/// made in `dir` for this run. Returns once it listens (10 s at most).
-pub fn spawn_sshd(ns: &str, dir: &std::path::Path) -> Child {
+/// made in `dir` for this run, its log (`-e`: stderr) going to `log`. Returns once it
+/// listens (10 s at most).
+pub fn spawn_sshd(ns: &str, dir: &std::path::Path, log: Stdio) -> Child {
     std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
     let key = dir.join("host_key");
     if !key.exists() {
@@ -194,7 +196,7 @@ pub fn spawn_sshd(ns: &str, dir: &std::path::Path) -> Child {
             sshd_config.to_str().expect("utf-8"),
         ],
         Stdio::null(),
-        Stdio::inherit(),
+        log,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !run_in(ns, &["ss", "-ltn", "sport = :22"]).1.contains(":22") {
