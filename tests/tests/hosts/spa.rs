@@ -19,7 +19,7 @@ use xknock_tests::{
     xknock_bin,
 };
 
-const PORT: u16 = 62201;
+pub(crate) const PORT: u16 = 62201;
 
 /// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns its
 /// `[[spa.client]]` stanza and key file.
@@ -77,7 +77,8 @@ fn rejected(s: &Setup, reason: &str) -> serde_json::Value {
     }
 }
 
-fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
+/// A request of `key` for `addr` (None: the sender's), made at `at`, sealed.
+pub(crate) fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
     seal(key, &request(vec![], None, addr, at).expect("request")).expect("seal")
 }
 
