@@ -3,6 +3,7 @@
 //! run and removed on drop, also when the test panics.
 
 pub mod cpu;
+pub mod fleet;
 pub mod frame;
 pub mod fuzz;
 pub mod harness;
@@ -89,6 +90,42 @@ impl Default for BpfFs {
 impl Drop for BpfFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A tmpfs of `size` (`64k`, `256m`) mounted on a fresh temporary directory, mode
+/// 0700, unmounted (lazily, should something still hold it) on drop.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        require_root();
+        let dir = std::env::temp_dir().join(unique("xknock-tmpfs-"));
+        std::fs::create_dir_all(&dir).expect("create tmpfs mount point");
+        let mount = Tmpfs { dir };
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "xknock-test",
+            mount.dir.to_str().expect("utf-8 temp dir"),
+        ]);
+        mount
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

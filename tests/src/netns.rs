@@ -98,15 +98,7 @@ impl Hosts {
 
     /// `spawn_in`, with its standard error going to `stderr`.
     pub fn spawn_logged(&mut self, ns: &str, args: &[&str], stdout: Stdio, stderr: Stdio) -> &mut Child {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(args)
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?} in {ns}: {e}"));
-        self.children.push(child);
+        self.children.push(spawn(ns, args, stdout, stderr));
         self.children.last_mut().expect("just pushed")
     }
 
@@ -128,77 +120,137 @@ impl Hosts {
         None
     }
 
-    /// Runs `args` to completion inside `ns`; returns (success, stdout).
+    /// Runs `args` to completion inside `ns`; returns (success, stdout and stderr).
     pub fn run_in(&self, ns: &str, args: &[&str]) -> (bool, String) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {args:?} in {ns}: {e}"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        run_in(ns, args)
     }
 
     /// Starts OpenSSH's sshd in the server namespace on port 22, with a host key made
     /// for this run. Returns once it listens.
     pub fn start_sshd(&mut self, dir: &std::path::Path) {
-        std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
-        let key = dir.join("host_key");
-        if !key.exists() {
-            sh(&[
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                key.to_str().expect("utf-8"),
-            ]);
-        }
-        let sshd_config = dir.join("sshd_config");
-        std::fs::write(&sshd_config, format!(
-            "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {}\nPidFile none\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
-            key.display()
-        )).expect("write sshd_config");
-        let server = self.server.clone();
-        self.spawn_in(
-            &server,
-            &[
-                "/usr/sbin/sshd",
-                "-D",
-                "-e",
-                "-f",
-                sshd_config.to_str().expect("utf-8"),
-            ],
-            Stdio::null(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self
-            .run_in(&server, &["ss", "-ltn", "sport = :22"])
-            .1
-            .contains(":22")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start listening in {server}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.children
+            .push(spawn_sshd(&self.server, dir, Stdio::inherit()));
     }
+}
+
+/// Starts `args` inside namespace `ns` (network namespace only, so the mounts of
+/// this process, like a private bpffs, stay visible). nsenter execs the command, so
+/// the child's pid is the command's.
+pub fn spawn(ns: &str, args: &[&str], stdout: Stdio, stderr: Stdio) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(args)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {args:?} in {ns}: {e}"))
+}
+
+/// Runs `args` to completion inside `ns`; returns (success, stdout and stderr).
+pub fn run_in(ns: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?} in {ns}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Starts OpenSSH's sshd in namespace `ns` on port 22, with a host key and config
+/// made in `dir` for this run, its log (`-e`: stderr) going to `log`. Returns once it
+/// listens (10 s at most).
+pub fn spawn_sshd(ns: &str, dir: &std::path::Path, log: Stdio) -> Child {
+    std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
+    let key = dir.join("host_key");
+    if !key.exists() {
+        sh(&[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            key.to_str().expect("utf-8"),
+        ]);
+    }
+    let sshd_config = dir.join("sshd_config");
+    std::fs::write(&sshd_config, format!(
+        "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {}\nPidFile none\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+        key.display()
+    )).expect("write sshd_config");
+    let mut child = spawn(
+        ns,
+        &[
+            "/usr/sbin/sshd",
+            "-D",
+            "-e",
+            "-f",
+            sshd_config.to_str().expect("utf-8"),
+        ],
+        Stdio::null(),
+        log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run_in(ns, &["ss", "-ltn", "sport = :22"]).1.contains(":22") {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sshd did not start listening in {ns}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// A network namespace named uniquely for the run (`prefix` + `unique`), its
+/// loopback up; deleted on drop, with the veth ends in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        require_root();
+        let name = unique(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A veth pair: `a_if` in namespace `a`, `b_if` in `b`, both up, no addresses.
+pub fn veth(a: &str, a_if: &str, b: &str, b_if: &str) {
+    sh(&[
+        "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+    ]);
+    sh(&["ip", "-n", a, "link", "set", a_if, "up"]);
+    sh(&["ip", "-n", b, "link", "set", b_if, "up"]);
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
         for c in &mut self.children {
-            // SIGTERM first so xknock detaches cleanly; then make sure.
-            // SAFETY: kill on a child pid we own.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            // SIGTERM first so xknock detaches cleanly; then make sure. Only those
+            // not reaped yet: the pid of one reaped may belong to another process.
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: kill on the pid of a child we own and have not reaped.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            }
         }
         for c in &mut self.children {
             let deadline = Instant::now() + Duration::from_secs(3);

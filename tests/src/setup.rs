@@ -29,17 +29,61 @@ pub struct Probe {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// Starts probing `target` from namespace `ns`, on four threads, for `max` at most
+/// (or until `finish`, or the probe is dropped).
+pub fn probe(ns: &str, target: SocketAddr, max: Duration) -> Probe {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+    let threads = (0..4)
+        .map(|_| {
+            let (ns, stop, counts) = (ns.to_owned(), stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let deadline = Instant::now() + max;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        counts[0].fetch_add(1, Ordering::Relaxed);
+                        let answered = match TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
+                            Ok(_) => true,
+                            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                        };
+                        if answered {
+                            counts[1].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            })
+        })
+        .collect();
+    Probe {
+        stop,
+        counts,
+        threads,
+    }
+}
+
 impl Probe {
     /// Stops the probe; returns (attempts, answered).
-    pub fn finish(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().expect("prober");
-        }
+    pub fn finish(mut self) -> (u32, u32) {
+        self.stop();
         (
             self.counts[0].load(Ordering::Relaxed),
             self.counts[1].load(Ordering::Relaxed),
         )
+    }
+
+    /// (attempts, answered) so far; the probe goes on.
+    pub fn counts(&self) -> (u32, u32) {
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("prober");
+        }
     }
 
     /// Stops the probe and asserts it ran and nothing answered it.
@@ -47,6 +91,17 @@ impl Probe {
         let (tried, answered) = self.finish();
         assert!(tried >= 8, "{what}: the probe ran ({tried} attempts)");
         assert_eq!(answered, 0, "{what}: {answered} of {tried} probes were answered");
+    }
+}
+
+impl Drop for Probe {
+    /// A test that failed with a probe running stops it too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            // A prober that panicked was reported by its own thread already.
+            let _ = t.join();
+        }
     }
 }
 
@@ -251,35 +306,11 @@ impl Setup {
 
     /// Starts probing `addr`:`port` from client `i` (60 s at most).
     pub fn probe(&self, i: usize, addr: IpAddr, port: u16) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
-        let target = SocketAddr::new(addr, port);
-        let threads = (0..4)
-            .map(|_| {
-                let (ns, stop, counts) = (self.client(i).to_owned(), stop.clone(), counts.clone());
-                std::thread::spawn(move || {
-                    in_netns(&ns, move || {
-                        let deadline = Instant::now() + Duration::from_secs(60);
-                        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                            counts[0].fetch_add(1, Ordering::Relaxed);
-                            let answered =
-                                match TcpStream::connect_timeout(&target, Duration::from_millis(50)) {
-                                    Ok(_) => true,
-                                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-                                };
-                            if answered {
-                                counts[1].fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    });
-                })
-            })
-            .collect();
-        Probe {
-            stop,
-            counts,
-            threads,
-        }
+        probe(
+            self.client(i),
+            SocketAddr::new(addr, port),
+            Duration::from_secs(60),
+        )
     }
 
     /// An hping3 flood of TCP SYNs from random spoofed sources, from client `i` to

@@ -13,12 +13,13 @@ use xknock::{
     spa::{ClientKey, Key},
 };
 use xknock_tests::{
+    Tmpfs,
     netns::in_netns,
     setup::{SERIAL, Setup},
     xknock_bin,
 };
 
-const PORT: u16 = 62201;
+pub(crate) const PORT: u16 = 62201;
 
 /// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns its
 /// `[[spa.client]]` stanza and key file.
@@ -76,7 +77,8 @@ fn rejected(s: &Setup, reason: &str) -> serde_json::Value {
     }
 }
 
-fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
+/// A request of `key` for `addr` (None: the sender's), made at `at`, sealed.
+pub(crate) fn sealed(key: &ClientKey, addr: Option<IpAddr>, at: SystemTime) -> Vec<u8> {
     seal(key, &request(vec![], None, addr, at).expect("request")).expect("seal")
 }
 
@@ -327,53 +329,22 @@ fn a_reload_onto_a_new_replay_file_keeps_refusing_replays() {
     rejected(&s, "replayed");
 }
 
-/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = std::env::temp_dir().join(xknock_tests::unique("xknock-tmpfs-"));
-        std::fs::create_dir_all(&dir).expect("mount point");
-        let mount = Tmpfs(dir);
-        xknock_tests::sh(&[
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size},mode=0700"),
-            "xknock-test",
-            mount.0.to_str().expect("utf-8"),
-        ]);
-        mount
-    }
-
-    /// Fills it with file `name`; returns the bytes written.
-    fn fill(&self, name: &str) -> usize {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(self.0.join(name)).expect("filler");
-        let mut written = 0;
-        // Bounded: the tmpfs holds `size`; a failed write (ENOSPC) ends it.
-        for chunk in [4096usize, 1] {
-            let block = vec![0x5a; chunk];
-            for _ in 0..100_000 {
-                if f.write_all(&block).is_err() {
-                    break;
-                }
-                written += chunk;
+/// Fills `disk` with file `name`; returns the bytes written.
+fn fill(disk: &Tmpfs, name: &str) -> usize {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(disk.path().join(name)).expect("filler");
+    let mut written = 0;
+    // Bounded: the tmpfs holds its size; a failed write (ENOSPC) ends it.
+    for chunk in [4096usize, 1] {
+        let block = vec![0x5a; chunk];
+        for _ in 0..100_000 {
+            if f.write_all(&block).is_err() {
+                break;
             }
+            written += chunk;
         }
-        written
     }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
+    written
 }
 
 #[test]
@@ -384,13 +355,13 @@ fn a_full_disk_for_the_replay_file_refuses_requests_until_there_is_room() {
     let (config, key_file) = keygen(dir.path());
     let config = config.replace(
         &dir.path().join("replay").display().to_string(),
-        &disk.0.join("replay").display().to_string(),
+        &disk.path().join("replay").display().to_string(),
     );
     let s = Setup::with_config(&config);
     let server = s.hosts.server_v4[0];
     let client = s.hosts.clients[0].v4;
     let key_path = key_file.to_str().expect("utf-8");
-    let filled = disk.fill("filler");
+    let filled = fill(&disk, "filler");
     assert!(filled > 0, "the tmpfs took the filler");
 
     // The disk is full: the nonce cannot be recorded, so the request is refused.
@@ -407,13 +378,13 @@ fn a_full_disk_for_the_replay_file_refuses_requests_until_there_is_room() {
     assert!(alive(run), "run keeps running on a full disk");
 
     // Room again: the next request is recorded and opens.
-    std::fs::remove_file(disk.0.join("filler")).expect("filler removed");
+    std::fs::remove_file(disk.path().join("filler")).expect("filler removed");
     std::thread::sleep(Duration::from_millis(1100));
     s.xknock(s.client(0), &["spa", &server.to_string(), "--key", key_path]);
     wait_more(&s, "open", client, 0);
     assert!(s.reachable(0, server), "open once the disk has room");
     assert!(alive(run));
-    assert!(disk.0.join("replay").exists(), "the replay file was written");
+    assert!(disk.path().join("replay").exists(), "the replay file was written");
 }
 
 /// Spoofed datagrams the flood sends at most, and for how long at most.
