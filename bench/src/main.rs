@@ -4,13 +4,16 @@
 //! each tracked source costs; live throughput on a veth pair; a SYN flood side by side
 //! with iptables `recent`, nftables and knockd; and legitimate knocks during a knock
 //! flood, for xknock and the same three; and the live cost under random-source floods
-//! with the real `xknock run` consuming events. Writes bench/results/bench.{md,csv} and
-//! one SVG chart per part. Ratios only: absolute numbers depend on the machine.
+//! with the real `xknock run` consuming events; and the fleet's latency from host A
+//! to host B through etcd. Writes bench/results/bench.{md,csv} and
+//! one SVG chart per part but the fleet's. Ratios only, but for the fleet's
+//! latencies, whose targets are in milliseconds: absolute numbers depend on the machine.
 //!
 //! The empty program and the traffic generator are this crate's own XDP programs
 //! (bench/ebpf), built by build.rs: the shipped `xknock` binary carries neither.
 
 mod chart;
+mod fleet;
 mod flood;
 mod kernel;
 mod live;
@@ -55,6 +58,8 @@ enum Part {
     Resilience,
     /// Live cost under random-source floods, with the real `xknock run` consuming events.
     Flood,
+    /// The fleet: from a knock or SPA request on host A to host B admitting, through etcd.
+    Fleet,
 }
 
 /// bench.csv: one measurement per row.
@@ -108,6 +113,9 @@ fn main() {
     } else {
         vec![]
     };
+    if run(Part::Fleet) {
+        fleet::fleet(&mut md, &mut csv);
+    }
     print!("{md}");
     if !args.parts.is_empty() || args.quick {
         eprintln!("a partial run: bench/results left as it was");

@@ -148,3 +148,16 @@ pub fn xknock_bin() -> PathBuf {
     );
     bin
 }
+
+/// Makes SPA client `name` (may open `ssh`) with `xknock keygen` in `dir`; returns
+/// its `[[spa.client]]` stanza and key file.
+pub fn spa_client(dir: &Path, name: &str) -> (String, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new(xknock_bin())
+        .args(["keygen", "--name", name, "--sequence", "ssh", "--out"])
+        .arg(&key)
+        .output()
+        .expect("run xknock keygen");
+    assert!(out.status.success(), "keygen: {out:?}");
+    (String::from_utf8(out.stdout).expect("utf-8"), key)
+}

@@ -181,7 +181,6 @@ fn wait_keys(f: &Fleet, under: &str, present: bool) {
     }
 }
 
-// Needs the fleet daemon (issue 16): fails until `run` has `[fleet]`.
 #[test]
 fn a_knock_or_a_request_on_one_host_opens_both_and_a_revocation_on_either_ends_both() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -256,7 +255,6 @@ fn a_knock_or_a_request_on_one_host_opens_both_and_a_revocation_on_either_ends_b
     probe.assert_never_answered("sharing");
 }
 
-// Needs the fleet daemon (issue 16): fails until `run` has `[fleet]`.
 #[test]
 fn sharing_rides_out_etcd_outages_and_a_watch_broken_across_a_compaction_loses_no_deletion() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -16,7 +16,6 @@ use xknock_tests::{
     Tmpfs,
     netns::in_netns,
     setup::{SERIAL, Setup},
-    xknock_bin,
 };
 
 pub(crate) const PORT: u16 = 62201;
@@ -24,14 +23,7 @@ pub(crate) const PORT: u16 = 62201;
 /// Makes client `alice` (may open `ssh`) with `xknock keygen`; returns its
 /// `[[spa.client]]` stanza and key file.
 pub(crate) fn alice(dir: &Path) -> (String, std::path::PathBuf) {
-    let key = dir.join("alice.key");
-    let out = std::process::Command::new(xknock_bin())
-        .args(["keygen", "--name", "alice", "--sequence", "ssh", "--out"])
-        .arg(&key)
-        .output()
-        .expect("run xknock keygen");
-    assert!(out.status.success(), "keygen: {out:?}");
-    (String::from_utf8(out.stdout).expect("utf-8"), key)
+    xknock_tests::spa_client(dir, "alice")
 }
 
 /// alice's `[spa]` (see `alice`): the config to append, and her key file.
