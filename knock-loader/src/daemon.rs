@@ -201,6 +201,11 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
             report = async { d.fleet.as_mut()?.report().await }, if d.fleet.is_some() => {
                 if let Some(report) = report {
                     d.fleet_report(report);
+                } else {
+                    // The etcd task died (a panic in it): what it installed keeps its
+                    // own expiry, nothing new arrives, the filter goes on.
+                    log::error!("fleet: the etcd task ended; nothing is shared until `run` restarts");
+                    d.fleet = None;
                 }
             }
             _ = rotate.tick(), if timed => d.rewrite(),

@@ -441,6 +441,24 @@ mod tests {
             String::new(),
         ));
         let text = snapshot.encode(&stats, &events, None).expect("encodes");
+        assert!(!text.contains("fleet"), "no [fleet], no fleet metrics:\n{text}");
+        let fleet = FleetStats::default();
+        fleet.connected.store(true, Relaxed);
+        fleet.installed.store(3, Relaxed);
+        fleet.watch_lag_ms.store(4, Relaxed);
+        let with_fleet = snapshot.encode(&stats, &events, Some(&fleet)).expect("encodes");
+        for line in [
+            "xknock_fleet_connected 1",
+            "xknock_fleet_watch_lag_milliseconds 4",
+            "xknock_fleet_installed_total 3",
+            "xknock_fleet_published_total 0",
+            "xknock_fleet_refused_total 0",
+        ] {
+            assert!(
+                with_fleet.lines().any(|l| l == line),
+                "{line:?} in:\n{with_fleet}"
+            );
+        }
         for line in [
             "# TYPE xknock_counter counter",
             "xknock_counter_total{name=\"drop_knock\"} 6",
