@@ -27,7 +27,11 @@ use tokio::sync::{mpsc, oneshot};
 pub use etcd::Report;
 use etcd::{Claimed, Publish, Request};
 
-use super::{event::Event, events::Events, spa::Nonce};
+use super::{
+    event::Event,
+    events::Events,
+    spa::{Nonce, Rejection},
+};
 use crate::{
     clock::{nanos, wall_time},
     config::{self, Config, OfflineSpa},
@@ -378,8 +382,7 @@ impl Fleet {
 
     /// Claims an SPA request's nonce fleet-wide (kept for `ttl`, the time the request
     /// is acceptable anywhere); `Err` names the rejection.
-    pub async fn claim(&self, nonce: &Nonce, ttl: Duration) -> Result<(), super::spa::Rejection> {
-        use super::spa::Rejection;
+    pub async fn claim(&self, nonce: &Nonce, ttl: Duration) -> Result<(), Rejection> {
         let claimed = if self.connected {
             let (reply, answer) = oneshot::channel();
             let request = Request::Claim {
@@ -398,11 +401,7 @@ impl Fleet {
         } else {
             Claimed::Unreachable
         };
-        match (claimed, self.config.offline_spa) {
-            (Claimed::Mine, _) | (Claimed::Unreachable, OfflineSpa::Local) => Ok(()),
-            (Claimed::Taken, _) => Err(Rejection::ReplayedInFleet),
-            (Claimed::Unreachable, OfflineSpa::Refuse) => Err(Rejection::FleetUnreachable),
-        }
+        decide(claimed, self.config.offline_spa)
     }
 
     /// Writes the origins of what the fleet installed for `status` (best effort: a
@@ -417,5 +416,32 @@ impl Fleet {
         if let Err(e) = crate::secret_file::replace(&self.origins_file, &text) {
             log::debug!("fleet: cannot write {}: {e}", self.origins_file.display());
         }
+    }
+}
+
+/// A request whose nonce was `claimed` so: granted, a replay, or (etcd away) what
+/// `offline` says.
+fn decide(claimed: Claimed, offline: OfflineSpa) -> Result<(), Rejection> {
+    match (claimed, offline) {
+        (Claimed::Mine, _) | (Claimed::Unreachable, OfflineSpa::Local) => Ok(()),
+        (Claimed::Taken, _) => Err(Rejection::ReplayedInFleet),
+        (Claimed::Unreachable, OfflineSpa::Refuse) => Err(Rejection::FleetUnreachable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_nonce_is_a_replay_and_offline_spa_decides_without_etcd() {
+        for offline in [OfflineSpa::Local, OfflineSpa::Refuse] {
+            assert_eq!(decide(Claimed::Mine, offline), Ok(()));
+            assert_eq!(decide(Claimed::Taken, offline), Err(Rejection::ReplayedInFleet));
+        }
+        assert_eq!(decide(Claimed::Unreachable, OfflineSpa::Local), Ok(()));
+        let refused = decide(Claimed::Unreachable, OfflineSpa::Refuse);
+        assert_eq!(refused, Err(Rejection::FleetUnreachable));
+        assert_eq!(refused.map_err(|r| r.reason()), Err("fleet_unreachable"));
     }
 }
