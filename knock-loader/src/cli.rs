@@ -157,6 +157,26 @@ pub enum Command {
     ///
     /// Example: xknock keygen --name alice --sequence ssh --server server.example --out alice.key
     Keygen(keys::KeygenArgs),
+    /// Print the shell completion script for SHELL (bash, zsh or fish) on stdout.
+    ///
+    /// The Debian package installs them. By hand, for bash:
+    /// xknock completions bash > /etc/bash_completion.d/xknock
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells completions are made for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 impl Command {
@@ -184,6 +204,22 @@ impl Command {
             Command::ImportKnockd(args) => migrate::import_knockd(&args),
             Command::ImportFwknopd(args) => migrate::import_fwknopd(&args),
             Command::Keygen(args) => keys::keygen(args),
+            Command::Completions(args) => {
+                completions(args.shell);
+                Ok(())
+            }
         }
     }
+}
+
+/// The completion script for `shell`, from the same definitions as `--help`.
+fn completions(shell: Shell) {
+    use clap_complete::Shell as S;
+    let shell = match shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+    };
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "xknock", &mut std::io::stdout());
 }
