@@ -22,6 +22,7 @@ APT_PACKAGES=(
   iptables nftables                                    # the alternatives benchmarked
   etcd-server etcd-client                              # the fleet: a real etcd cluster
   protobuf-compiler libprotobuf-dev                    # protoc and its well-known types (etcd-client)
+  dpkg-dev lintian man-db                              # cargo xtask deb, and its checks
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -24,6 +24,12 @@ if cargo tree --locked -p knock-loader --no-default-features -e normal | grep -q
   echo "test.sh: the client-only build (--no-default-features) depends on aya" >&2
   exit 1
 fi
+# The Debian package, one of a later version for the upgrade test, and the client's
+# archive: the package tier (tests/tests/package.rs) inspects and installs them.
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' knock-loader/Cargo.toml | head -n 1)
+cargo xtask deb
+cargo xtask deb --version "$version+upgrade.test" --out target/deb/upgrade
+cargo xtask client
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Every tier, in one run: the tests that need neither root nor the kernel (unit tests

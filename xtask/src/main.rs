@@ -1,6 +1,10 @@
-//! Developer tasks: `cargo xtask build-ebpf`.
+//! Developer tasks: `cargo xtask build-ebpf`, `bench`, `man`, `deb`, `client`.
 
-use std::process::Command;
+mod client;
+mod deb;
+mod man;
+
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -28,12 +32,58 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write the man pages: xknock(8), one per command (xknock-run(8), ...) and
+    /// xknock.toml(5), generated from the command line's definitions and
+    /// docs/configuration.md.
+    Man {
+        /// Where the pages go.
+        #[arg(default_value = "target/man")]
+        dir: PathBuf,
+    },
+    /// Build the Debian package: target/deb/xknock_VERSION_amd64.deb (needs Debian's
+    /// dpkg-dev; `lintian` checks it). Everything it installs is generated from the
+    /// sources: the release binary, the unit, the example config (a conffile), man
+    /// pages and completions from the command line's definitions.
+    Deb {
+        /// Where the package goes.
+        #[arg(long, default_value = "target/deb")]
+        out: PathBuf,
+        /// The package's version (default: knock-loader's).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Build the client for users' machines, without the daemon (no eBPF toolchain
+    /// needed): target/client/xknock-client-VERSION-ARCH-linux.tar.gz, with the
+    /// binary, its completions and a README.
+    Client {
+        /// Where the archive goes.
+        #[arg(long, default_value = "target/client")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf(),
         Task::Bench { args } => bench(&args),
+        Task::Deb { out, version } => {
+            let deb = deb::deb(&deb::Options {
+                out: root().join(out),
+                version,
+            })?;
+            println!("{}", deb.display());
+            Ok(())
+        }
+        Task::Man { dir } => {
+            for page in man::write_all(&root().join(dir))? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
+        Task::Client { out } => {
+            println!("{}", client::client(&root().join(out))?.display());
+            Ok(())
+        }
     }
 }
 
@@ -81,4 +131,11 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("the benchmark failed ({status}); it needs root");
     }
     Ok(())
+}
+
+/// The workspace's root (xtask's parent).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
 }
