@@ -36,7 +36,7 @@ use crate::{
     clock::{nanos, wall_time},
     config::{self, Config, OfflineSpa},
     fleet::{
-        ledger::{Gone, Ledger, Seen},
+        ledger::{EXPIRY_GRACE_MS, Gone, Ledger, Seen},
         record::{self, AuthKey, Keys, Record, Refusal, Shared},
     },
     kernel::maps::State,
@@ -280,6 +280,8 @@ impl Fleet {
             }
         };
         let (slot, _) = slot?;
+        // Its record replaced this host's in etcd, if there was one.
+        self.ledger.replaced(&key);
         let skey = source_key(key.addr, slot);
         let now_ns = state.now_ns().ok()?;
         let expires_ns = now_ns.saturating_add(nanos(Duration::from_millis(expires_ms - now_ms)));
@@ -306,6 +308,10 @@ impl Fleet {
     /// An authorization deleted fleet-wide: removed here if the map still holds the
     /// grant the ledger knew (not one made since).
     fn remove(&self, key: &AuthKey, gone: &Gone, state: &mut State, events: &mut Events) -> Option<Event> {
+        // Deleted at its expiry: etcd's lease ended, the sweep says `expired`.
+        if gone.expires_ms <= unix_ms(SystemTime::now()) + EXPIRY_GRACE_MS {
+            return None;
+        }
         let (slot, _) = self.slots.get(&key.sequence)?;
         let skey = source_key(key.addr, *slot);
         let current = state.authorized.get(&skey, 0).ok()?;

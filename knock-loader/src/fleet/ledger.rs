@@ -39,6 +39,8 @@ pub const EXPIRY_GRACE_MS: u64 = 1_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gone {
     pub opened_ns: u64,
+    /// Unix ms: a deletion near it is etcd's lease ending, not a revocation.
+    pub expires_ms: u64,
     /// The publishing host, for one installed from the fleet.
     pub remote: Option<String>,
 }
@@ -109,8 +111,19 @@ impl Ledger {
     pub fn deleted(&mut self, key: &AuthKey) -> Option<Gone> {
         self.entries.remove(key).map(|e| Gone {
             opened_ns: e.opened_ns,
+            expires_ms: e.expires_ms,
             remote: e.remote,
         })
+    }
+
+    /// Another host's record replaced this host's under `key` (one key per address
+    /// and sequence: the last writer's record is etcd's). What this host granted is
+    /// no longer in etcd, so the next plan publishes it again if the map still holds
+    /// it; a record installed from the fleet stays as it is.
+    pub fn replaced(&mut self, key: &AuthKey) {
+        if self.entries.get(key).is_some_and(|e| e.remote.is_none()) {
+            self.entries.remove(key);
+        }
     }
 
     /// An admitted record from another host, installed in the kernel as `opened_ns`.
@@ -259,6 +272,7 @@ mod tests {
         let listed: HashSet<AuthKey> = [key("198.18.0.2")].into();
         let gone = Gone {
             opened_ns: 7,
+            expires_ms: 5_000,
             remote: Some("b".into()),
         };
         assert_eq!(
@@ -284,5 +298,29 @@ mod tests {
         let gone = l.relisted(&HashSet::new(), 1_000);
         let gone: Vec<_> = gone.into_iter().map(|(k, g)| (k, g.remote)).collect();
         assert_eq!(gone, vec![(key("198.18.0.2"), None)]);
+    }
+
+    #[test]
+    fn a_grant_replaced_in_etcd_by_another_hosts_is_published_again() {
+        let mut l = Ledger::default();
+        let map = [seen("198.18.0.2", Some(Shared::Knock), 10, 9_000)];
+        let a = l.plan("a", SHARE, &map, 1_000);
+        confirm(&mut l, &a);
+        // b wrote a shorter one under the same key: a's is gone from etcd, so its
+        // lease's end cannot be taken for a revocation, and a publishes it again.
+        l.replaced(&key("198.18.0.2"));
+        assert_eq!(l.deleted(&key("198.18.0.2")), None);
+        assert_eq!(l.plan("a", SHARE, &map, 1_100).publish.len(), 1);
+        // One installed from the fleet is left alone.
+        let r = Record {
+            version: 1,
+            origin: "b".into(),
+            opener: Shared::Knock,
+            opened_ms: 1,
+            expires_ms: 5_000,
+        };
+        l.installed(key("198.18.0.3"), &r, 7);
+        l.replaced(&key("198.18.0.3"));
+        assert_eq!(l.origin(&key("198.18.0.3")), Some("b"));
     }
 }
