@@ -188,6 +188,17 @@ mod tests {
         }
     }
 
+    /// A knock's record published by host "b".
+    fn from_b(expires_ms: u64) -> Record {
+        Record {
+            version: 1,
+            origin: "b".into(),
+            opener: Shared::Knock,
+            opened_ms: 1,
+            expires_ms,
+        }
+    }
+
     fn confirm(ledger: &mut Ledger, actions: &Actions) {
         for (k, r, ns) in &actions.publish {
             ledger.published(k.clone(), r, *ns);
@@ -252,13 +263,7 @@ mod tests {
     #[test]
     fn a_remote_one_revoked_here_is_deleted_and_relisting_loses_no_deletion() {
         let mut l = Ledger::default();
-        let r = Record {
-            version: 1,
-            origin: "b".into(),
-            opener: Shared::Knock,
-            opened_ms: 1,
-            expires_ms: 5_000,
-        };
+        let r = from_b(5_000);
         l.installed(key("198.18.0.2"), &r, 7);
         l.installed(key("198.18.0.3"), &r, 7);
         assert_eq!(l.origin(&key("198.18.0.2")), Some("b"));
@@ -312,13 +317,7 @@ mod tests {
         assert_eq!(l.deleted(&key("198.18.0.2")), None);
         assert_eq!(l.plan("a", SHARE, &map, 1_100).publish.len(), 1);
         // One installed from the fleet is left alone.
-        let r = Record {
-            version: 1,
-            origin: "b".into(),
-            opener: Shared::Knock,
-            opened_ms: 1,
-            expires_ms: 5_000,
-        };
+        let r = from_b(5_000);
         l.installed(key("198.18.0.3"), &r, 7);
         l.replaced(&key("198.18.0.3"));
         assert_eq!(l.origin(&key("198.18.0.3")), Some("b"));
