@@ -251,6 +251,21 @@ fn a_knock_or_a_request_on_one_host_opens_both_and_a_revocation_on_either_ends_b
         is(e, "open", client) && e["reason"] != "fleet"
     });
 
+    // Both hosts grant the same source: B's knock now lasts longer than A's SPA
+    // grant, so B's record replaces A's in etcd and A installs it.
+    let (a3, b3) = (f.seen(A), f.seen(B));
+    f.knock(C, B);
+    f.wait_open(B, b3, client, "knock");
+    let from_b = f.wait_open(A, a3, client, "fleet");
+    assert_eq!(from_b["origin"], "b", "{from_b}");
+    // A revocation on A still ends it on both, whoever wrote the record last.
+    let (a4, b4) = (f.seen(A), f.seen(B));
+    f.revoke(A, client);
+    f.wait_close(A, a4, client, "revoked");
+    f.wait_close(B, b4, client, "revoked");
+    assert!(!f.reachable(C, A) && !f.reachable(C, B), "closed on both");
+    wait_keys(&f, "/auth/", false);
+
     assert!(f.run_alive(A) && f.run_alive(B), "both runs still running");
     probe.assert_never_answered("sharing");
 }
