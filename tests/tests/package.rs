@@ -179,7 +179,7 @@ fn installs_upgrades_keeping_an_edited_config_and_removes_in_a_scratch_root() {
         "man5/xknock.toml.5.gz",
     ] {
         let (shown, text, err) = run(Command::new("man")
-            .args(["--warnings", "-l"])
+            .args(["--warnings=w", "-l"])
             .arg(root.path(&format!("usr/share/man/{page}")))
             .env("MANWIDTH", "80")
             .env_remove("MAN_KEEP_FORMATTING"));
