@@ -17,11 +17,11 @@ cargo fmt --all -- --check
 # The loader's binary is what the end-to-end tests run, so build it first.
 cargo build --locked
 # The client alone, as users build it for their machines: it builds without the
-# daemon feature and depends on no aya (in a target dir of its own, so that
-# target/debug/xknock stays the build the tests run).
+# daemon feature and depends on neither aya nor etcd-client (in a target dir of its
+# own, so that target/debug/xknock stays the build the tests run).
 cargo build --locked -p knock-loader --no-default-features --target-dir target/client
-if cargo tree --locked -p knock-loader --no-default-features -e normal | grep -q ' aya'; then
-  echo "test.sh: the client-only build (--no-default-features) depends on aya" >&2
+if cargo tree --locked -p knock-loader --no-default-features -e normal | grep -qE ' (aya|etcd-client)'; then
+  echo "test.sh: the client-only build (--no-default-features) depends on aya or etcd-client" >&2
   exit 1
 fi
 # The Debian package, one of a later version for the upgrade test, and the client's
