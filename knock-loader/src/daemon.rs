@@ -182,11 +182,14 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
         tokio::select! {
             guard = wakers.rare.readable_mut() => match guard {
                 Ok(mut guard) => {
-                    d.drain(guard.get_inner_mut());
-                    // A rare event: perhaps an open that spent a one-time line, or
-                    // one to publish.
+                    let opened = d.drain(guard.get_inner_mut());
+                    // A rare event: perhaps an open that spent a one-time line. Only
+                    // an open is worth a read of the map for the fleet (not, say, a
+                    // flood of refused SPA datagrams); the sweep reads it anyway.
                     d.spent();
-                    d.publish();
+                    if opened {
+                        d.publish();
+                    }
                     guard.clear_ready();
                 }
                 Err(e) => wait_failed("kernel events", &e).await,
@@ -209,7 +212,9 @@ async fn run_async(opts: RunOptions, config: Config) -> Result<()> {
                 }
             }
             _ = rotate.tick(), if timed => d.rewrite(),
-            _ = steps.tick() => d.drain(wakers.rare.get_mut()),
+            _ = steps.tick() => {
+                d.drain(wakers.rare.get_mut());
+            }
             _ = summary.tick() => d.summary(),
             _ = sweep.tick() => d.sweep(wakers.rare.get_mut()),
             changed = async { links.as_ref()?.changed().await.ok() }, if links.is_some() => {
@@ -328,8 +333,10 @@ impl Daemon {
 
     /// Reports the kernel's events, the per-packet ones first (so that the knocks of
     /// an open come before it). Nothing depends on them: what they tell is in the
-    /// maps too (`spent`, `Events::sweep`).
-    fn drain(&mut self, rare: &mut RingBuf<MapData>) {
+    /// maps too (`spent`, `Events::sweep`). Returns whether one was an `open`: a hint
+    /// that the map has something to publish.
+    fn drain(&mut self, rare: &mut RingBuf<MapData>) -> bool {
+        let mut opened = false;
         let now = self
             .state
             .now_ns()
@@ -339,10 +346,12 @@ impl Daemon {
                 if let Ok(ev) = bytemuck::try_pod_read_unaligned::<knock_common::Event>(&item)
                     && let Some(event) = self.live.events.from_kernel(&ev, now)
                 {
+                    opened |= matches!(event.kind, event::Kind::Open { .. });
                     self.output.emit(event);
                 }
             }
         }
+        opened
     }
 
     /// Verifies and serves the SPA requests the kernel handed over; with a fleet, a

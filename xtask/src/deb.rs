@@ -66,14 +66,20 @@ fn files(root: &Path, stage: &Path, binary: &Path) -> Result<()> {
     run(Command::new("strip")
         .args(["--strip-unneeded", "--remove-section=.comment"])
         .arg(&sbin))?;
-    let unit = fs::read_to_string(root.join("dist/xknock.service"))?
-        .replace("/usr/local/sbin/xknock", "/usr/sbin/xknock")
-        .replace("scripts/install.sh installs this as\n# /etc/systemd/system/xknock.service (with ExecStart's path following --prefix).", "the Debian package installs this\n# as /lib/systemd/system/xknock.service.");
+    // dist/'s files say how install.sh installs them; the package says its own.
+    let unit = fs::read_to_string(root.join("dist/xknock.service"))?;
+    let unit = edit(&unit, "/usr/local/sbin/xknock", "/usr/sbin/xknock")?;
+    let unit = edit(
+        &unit,
+        "scripts/install.sh installs this as\n# /etc/systemd/system/xknock.service (with ExecStart's path following --prefix).",
+        "the Debian package installs this\n# as /lib/systemd/system/xknock.service.",
+    )?;
     write(&stage.join("lib/systemd/system/xknock.service"), &unit, 0o644)?;
-    let example = fs::read_to_string(root.join("dist/xknock.toml"))?.replace(
+    let example = edit(
+        &fs::read_to_string(root.join("dist/xknock.toml"))?,
         "scripts/install.sh puts this example in\n# /etc/xknock/xknock.toml (only when there is none).",
         "the Debian package installs this example as\n# /etc/xknock/xknock.toml (a conffile: an upgrade keeps your edits).",
-    );
+    )?;
     write(&stage.join("etc/xknock/xknock.toml"), &example, 0o600)?;
     fs::set_permissions(stage.join("etc/xknock"), fs::Permissions::from_mode(0o700))?;
     dir(&stage.join("var/lib/xknock"), 0o700)?;
@@ -265,6 +271,15 @@ fn write_bytes(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     fs::write(to, bytes).with_context(|| format!("cannot write {}", to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// `text` with `from` replaced by `to`; an error when `from` is not there (dist/
+/// changed, and the package would say what install.sh does).
+fn edit(text: &str, from: &str, to: &str) -> Result<String> {
+    if !text.contains(from) {
+        bail!("dist/ changed: {from:?} is not there any more; update xtask/src/deb.rs");
+    }
+    Ok(text.replace(from, to))
 }
 
 /// gzip -9n, as Debian wants man pages and changelogs (no name or time stamp).

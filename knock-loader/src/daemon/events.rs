@@ -166,11 +166,6 @@ impl Events {
         Some(Self::event(SystemTime::now(), key.addr, kind))
     }
 
-    /// The publishing host of an authorization installed from the fleet.
-    pub fn origin(&self, key: &SourceKey) -> Option<&str> {
-        self.origins.get(key).map(String::as_str)
-    }
-
     /// `open_failed` for an authorization `run` could not add.
     pub fn open_failed(&self, key: SourceKey, detail: String) -> Event {
         let kind = Kind::OpenFailed {
