@@ -37,7 +37,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Not TCP or UDP over IP, or to a port nobody configured.
+    /// Not TCP, UDP or an ICMP knock over IP, or to a port nobody configured.
     PassOther = 0 => "pass_other",
     /// To a protected port from an authorized source.
     PassAuthorized = 1 => "pass_authorized",
@@ -45,7 +45,7 @@ counters! {
     PassEstablished = 2 => "pass_established",
     /// A non-first fragment (its first fragment carried the verdict).
     PassFragment = 3 => "pass_fragment",
-    /// To a knock port (every packet there is dropped).
+    /// To a knock port (every packet there is dropped, unless the knock passes).
     DropKnock = 4 => "drop_knock",
     /// To a protected port, not authorized.
     DropProtected = 5 => "drop_protected",
@@ -83,4 +83,6 @@ counters! {
     SuppressedReset = 20 => "suppressed_reset",
     /// Completed one-time sequences refused: the line was used (a replay).
     OneTimeSpent = 21 => "one_time_spent",
+    /// To a passing knock port (`:pass`): tracked as a knock, then passed.
+    PassKnock = 22 => "pass_knock",
 }

@@ -42,7 +42,7 @@ pub mod map_names {
 /// The layout of the pinned maps: every key and value type above, their sizes and
 /// meanings. Bump it with any change to them: a `run` adopts pinned maps only of its
 /// own layout (`layout_snapshot` in the tests fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Entry 0 of XK_META: what the pinned maps are. Written by the loader that created
 /// them. Its own layout never changes: it is how the others' are told apart.

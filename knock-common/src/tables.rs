@@ -14,16 +14,27 @@ pub const NAME_LEN: usize = 32;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// An ICMP knock: an ICMP (IPv4) or ICMPv6 echo request, the same knock for both
+/// families. Its "port" is the size of the echo's data (what `ping -s` sets).
+pub const PROTO_ICMP: u8 = 1;
 
-/// Entries of the port-rule array: one per (protocol, port) for TCP and UDP.
-pub const PORT_RULE_ENTRIES: u32 = 2 * 65536;
+/// The largest ICMP knock: an echo request with this much data fits one unfragmented
+/// IPv6 packet on a 1500-byte link (1500 - 40 - 8). A fragmented echo's size cannot be
+/// read from its first fragment, so larger ones could never knock.
+pub const MAX_ICMP_KNOCK_SIZE: u16 = 1452;
 
-/// Index of (protocol, port) in the port-rule array; `None` for other protocols.
+/// Entries of the port-rule array: one per (protocol, port) for TCP and UDP, then one
+/// per ICMP knock size.
+pub const PORT_RULE_ENTRIES: u32 = 2 * 65536 + MAX_ICMP_KNOCK_SIZE as u32 + 1;
+
+/// Index of (protocol, port) in the port-rule array, for ICMP of (PROTO_ICMP, echo
+/// data size); `None` for other protocols and larger echoes.
 #[inline(always)]
 pub fn port_rule_index(proto: u8, port: u16) -> Option<u32> {
     match proto {
         PROTO_TCP => Some(u32::from(port)),
         PROTO_UDP => Some(65536 + u32::from(port)),
+        PROTO_ICMP if port <= MAX_ICMP_KNOCK_SIZE => Some(2 * 65536 + u32::from(port)),
         _ => None,
     }
 }
@@ -43,7 +54,8 @@ pub const TCP_CWR: u8 = 0x80;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PortProto {
     pub port: u16,
-    /// [`PROTO_TCP`] or [`PROTO_UDP`]; 0 marks an unused slot.
+    /// [`PROTO_TCP`], [`PROTO_UDP`] or (knocks only) [`PROTO_ICMP`], whose `port` is
+    /// the echo's data size; 0 marks an unused slot.
     pub proto: u8,
     pub _pad: u8,
 }
@@ -122,6 +134,14 @@ pub const RULE_STEALTH: u8 = 2;
 /// `PortRule::flags`, with `RULE_SPA`: the port also takes fwknop's requests (from
 /// `[[spa.fwknop]]` clients), which the kernel can only tell by their shape.
 pub const RULE_FWKNOP: u8 = 4;
+/// `PortRule::flags`: the port is a passing knock (`:pass`) of the sequences in
+/// `knock_mask`: its packets advance them, then get the verdict they would get
+/// without xknock (they pass). Set for every packet, not only SYNs and datagrams.
+pub const RULE_PASS: u8 = 8;
+/// `PortRule::flags`, with `RULE_PASS` on a TCP port: some sequence counts TCP packets
+/// other than a SYN there (its `tcp_flags` allow them). Without it only SYNs are
+/// tracked, and the rest of a connection to the serving port passes at once.
+pub const RULE_PASS_ANY_TCP: u8 = 16;
 
 /// Global settings, entry 0 of the settings array. Written by the loader.
 #[repr(C)]

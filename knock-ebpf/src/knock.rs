@@ -22,6 +22,9 @@ pub struct Knocker<'a> {
     pub packet: &'a Packet,
     pub settings: &'a Settings,
     pub now: u64,
+    /// RULE_PASS for a packet to a passing knock port, else 0: ordinary traffic to a
+    /// serving port, as likely a visitor's, whose resets count towards no ban.
+    pub passes: u8,
 }
 
 /// What `track` hands each round of its loop over the sequences.
@@ -29,6 +32,7 @@ struct Round {
     packet: Packet,
     settings: Settings,
     now: u64,
+    passes: u8,
     knock_mask: u8,
     strict_mask: u8,
 }
@@ -41,6 +45,7 @@ extern "C" fn one_sequence(index: u64, round: *mut c_void) -> i64 {
         packet: &round.packet,
         settings: &round.settings,
         now: round.now,
+        passes: round.passes,
     };
     knocker.sequence(index as u8, round.knock_mask, round.strict_mask);
     0
@@ -110,7 +115,7 @@ impl Knocker<'_> {
     /// Updates the source's progress in every sequence the packet concerns: those it
     /// is a knock of (`knock_mask`) and the strict ones, which see all its SYNs and
     /// datagrams. A banned source's packets change nothing; every reset counts as a
-    /// failure towards a ban.
+    /// failure towards a ban, except those a passing knock causes.
     #[inline(always)]
     pub fn track(&self, knock_mask: u8, strict_mask: u8) {
         if banned(&self.packet.src, self.settings, self.now) {
@@ -123,6 +128,7 @@ impl Knocker<'_> {
             packet: *self.packet,
             settings: *self.settings,
             now: self.now,
+            passes: self.passes,
             knock_mask,
             strict_mask,
         };
@@ -247,7 +253,7 @@ impl Knocker<'_> {
         authorize(key, &open, config, self.settings.auth_hint_shift);
     }
 
-    /// Progress lost: an event, and a failure towards a ban.
+    /// Progress lost: an event, and maybe a failure towards a ban (`fail`).
     #[inline(always)]
     fn reset(&self, key: &SourceKey, config: &SequenceConfig, step: u8, reason: ResetReason) {
         let mut ev = event(EventKind::Reset, key, self.packet, self.now);
@@ -255,9 +261,7 @@ impl Knocker<'_> {
         ev.of = config.n_knocks;
         ev.reason = reason as u8;
         emit_step(&ev, self.settings, Counter::SuppressedReset);
-        if self.settings.ban_failures != 0 {
-            fail(&self.packet.src, self.settings, self.now);
-        }
+        fail(&self.packet.src, self.settings, self.now, self.passes);
     }
 }
 
@@ -271,10 +275,15 @@ fn spend(id: u64, now: u64) -> bool {
         .is_ok()
 }
 
-/// Counts a failure; more than `ban_failures` within `ban_window` bans the source.
-/// Kept out of line: the verifier then sees one call per reset, not its branches.
+/// Counts a failure, unless bans are off or a passing knock (`passes` nonzero) made
+/// it; more than `ban_failures` within `ban_window` bans the source. Kept out of
+/// line, with every check inside: the verifier then sees one call per reset, not
+/// its branches.
 #[inline(never)]
-fn fail(src: &[u8; 16], s: &Settings, now: u64) {
+fn fail(src: &[u8; 16], s: &Settings, now: u64, passes: u8) {
+    if s.ban_failures == 0 || passes != 0 {
+        return;
+    }
     let addr = ban_key(src, s.ban_ipv6_prefix);
     // SAFETY: the value is copied out before the map is changed.
     let mut ban: Ban = unsafe { XK_BANS.get(&addr) }.copied().unwrap_or_default();

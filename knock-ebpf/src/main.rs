@@ -1,6 +1,7 @@
 //! xknock's XDP program: parse → classify → decide. Knock packets advance per-source
-//! progress and are dropped; packets to protected ports pass only for authorized
-//! sources (or on connections they opened while authorized); the rest passes.
+//! progress and are dropped (passing knocks pass on); packets to protected ports pass
+//! only for authorized sources (or on connections they opened while authorized); the
+//! rest passes.
 #![no_std]
 // atomic_xadd: the hint counters (core::sync::atomic has no fetch_add on BPF).
 #![allow(internal_features)]
@@ -26,8 +27,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     ACCESS_ALLOW, ACCESS_DENY, Counter, Event, EventKind, Flow, FlowKey, MAX_SEQUENCES, PROTO_TCP, PROTO_UDP,
-    RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    auth_hint_slot, port_rule_index,
+    RULE_PASS, RULE_PASS_ANY_TCP, RULE_SPA, RULE_STEALTH, SEQ_KEEP_ESTABLISHED, Settings, SourceKey, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN, auth_hint_slot, port_rule_index,
 };
 use maps::{
     XK_ACCESS, XK_AUTH_HINT, XK_AUTHORIZED, XK_COUNTERS, XK_EVENT_BUDGET, XK_EVENTS, XK_FLOWS, XK_PORT_RULES,
@@ -77,11 +78,15 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
         .unwrap_or_default();
     // Strict sequences see every SYN and datagram from a source they track; stealth
     // drops only those (replies to the host's own connections pass). The SPA flag is
-    // on UDP ports only, which always open.
+    // on UDP ports only, which always open. A passing knock port's flag counts for
+    // every packet.
     let (strict_mask, flags) = if opens_connection(transport.proto, transport.tcp_flags) {
         (rule.strict_mask, rule.flags)
+    } else if transport.proto == PROTO_TCP && rule.flags & (RULE_PASS | RULE_PASS_ANY_TCP) == RULE_PASS {
+        // The rest of a connection to a serving port, which no sequence counts.
+        return (XDP_PASS, Counter::PassKnock);
     } else {
-        (0, 0)
+        (0, rule.flags & RULE_PASS)
     };
     if rule.knock_mask | rule.protect_mask | strict_mask | flags == 0 {
         return (XDP_PASS, Counter::PassOther);
@@ -102,6 +107,9 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
     let packet = &packet;
     if settings.access_rules != 0 {
         match access(&packet.src) {
+            // Listed sources are not tracked; a passing knock port serves them as it
+            // would without xknock.
+            ACCESS_DENY | ACCESS_ALLOW if flags & RULE_PASS != 0 => return (XDP_PASS, Counter::PassOther),
             ACCESS_DENY if rule.knock_mask | rule.protect_mask != 0 => {
                 return (XDP_DROP, Counter::DropDenied);
             }
@@ -119,11 +127,12 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
             packet,
             settings: &settings,
             now: now_ns(&settings),
+            passes: flags & RULE_PASS,
         };
         knocker.track(rule.knock_mask, strict_mask);
     }
     if rule.knock_mask != 0 {
-        (XDP_DROP, Counter::DropKnock)
+        knock_verdict(flags)
     } else if rule.protect_mask != 0 {
         let counter = guard(packet, rule.protect_mask, &settings);
         let action = match counter {
@@ -134,6 +143,20 @@ fn decide(ctx: &XdpContext, transport: &Transport) -> (u32, Counter) {
     } else {
         unconfigured(flags)
     }
+}
+
+/// The verdict for a knock: dropped, or passed on for a passing knock. Without a
+/// branch, so that the verifier does not follow the knock path twice.
+#[inline(always)]
+fn knock_verdict(flags: u8) -> (u32, Counter) {
+    const _: () = assert!(XDP_PASS == XDP_DROP + 1 && RULE_PASS == 8);
+    let passes = u32::from(flags & RULE_PASS) >> 3;
+    let counter = if passes != 0 {
+        Counter::PassKnock
+    } else {
+        Counter::DropKnock
+    };
+    (XDP_DROP + passes, counter)
 }
 
 /// The verdict for a port no sequence uses: it passes unless stealth hides it.

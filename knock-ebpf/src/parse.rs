@@ -1,10 +1,11 @@
 //! Packet parsing: Ethernet and VLAN tags, IPv4 (with options) or IPv6 (with extension
-//! headers), then the TCP or UDP header. Every read is bounds-checked against the
-//! frame and against the IP header's own length fields; whatever cannot be followed
-//! safely is an `Err`, which the caller drops.
+//! headers), then the TCP or UDP header, or an ICMP or ICMPv6 echo request (a possible
+//! ICMP knock). Every read is bounds-checked against the frame and against the IP
+//! header's own length fields; whatever cannot be followed safely is an `Err`, which
+//! the caller drops.
 
 use aya_ebpf::programs::XdpContext;
-use knock_common::{PROTO_TCP, PROTO_UDP};
+use knock_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -21,13 +22,23 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-/// A TCP or UDP packet's L4 header fields, and where its source address is.
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// An echo request's header: type, code, checksum, identifier, sequence number.
+const ICMP_ECHO_HEADER_LEN: usize = 8;
+
+/// A TCP or UDP packet's L4 header fields, or an echo request's size, and where its
+/// source address is.
 #[derive(Clone, Copy)]
 pub struct Transport {
+    /// 0 for an echo request.
     pub src_port: u16,
+    /// For an echo request ([`PROTO_ICMP`]), the size of its data.
     pub dst_port: u16,
+    /// PROTO_TCP, PROTO_UDP, or PROTO_ICMP for an ICMP or ICMPv6 echo request.
     pub proto: u8,
-    /// Byte 13 of the TCP header; 0 for UDP.
+    /// Byte 13 of the TCP header; 0 otherwise.
     pub tcp_flags: u8,
     /// Where the source address is: read only once the packet matters, so that
     /// unrelated traffic does not pay for copying it.
@@ -44,7 +55,7 @@ enum SourceAt {
     V6(usize),
 }
 
-/// A TCP or UDP packet with everything the policy looks at.
+/// A TCP or UDP packet or an echo request, with everything the policy looks at.
 #[derive(Clone, Copy)]
 pub struct Packet {
     /// IPv4-mapped for IPv4.
@@ -89,7 +100,7 @@ impl Transport {
 }
 
 pub enum Parsed {
-    /// Not IP, or IP carrying neither TCP nor UDP.
+    /// Not IP, or IP carrying neither TCP, UDP nor a whole echo request.
     Other,
     /// IPv6 from an IPv4-mapped source (`::ffff:a.b.c.d`): Linux drops these, and
     /// tracked they would stand for the IPv4 address.
@@ -170,14 +181,16 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
     }
     let src = SourceAt::V4(offset + core::mem::offset_of!(Ipv4Hdr, src_addr));
     let fragment_offset = frags & 0x1fff;
-    parse_transport(
-        ctx,
-        offset + header_len,
-        tot_len - header_len,
+    // More fragments follow: the first fragment's length is not the packet's.
+    let whole = frags & 0x2000 == 0;
+    let l4 = L4 {
+        offset: offset + header_len,
+        len: tot_len - header_len,
         proto,
-        fragment_offset,
         src,
-    )
+        whole,
+    };
+    parse_transport(ctx, &l4, fragment_offset)
 }
 
 #[inline(always)]
@@ -199,6 +212,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
     }
     let src = SourceAt::V6(offset + core::mem::offset_of!(Ipv6Hdr, src_addr));
     let mut offset = offset + Ipv6Hdr::LEN;
+    let mut whole = true;
     // One pass per extension header, plus the one that reaches the L4 header.
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let len = match next {
@@ -229,9 +243,19 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Unparsed> {
                     return Ok(later_fragment(fragment_offset));
                 }
                 next = h[0];
+                whole = false;
                 8
             }
-            proto => return parse_transport(ctx, offset, remaining, proto, 0, src),
+            proto => {
+                let l4 = L4 {
+                    offset,
+                    len: remaining,
+                    proto,
+                    src,
+                    whole,
+                };
+                return parse_transport(ctx, &l4, 0);
+            }
         };
         if len > remaining {
             return Err(Unparsed);
@@ -262,20 +286,25 @@ fn later_fragment(fragment_offset: u16) -> Parsed {
     }
 }
 
-/// `len` is what the IP header says follows; a header that does not fit in it (a
-/// first fragment too short for the L4 header, a lying length) is refused.
-#[inline(always)]
-fn parse_transport(
-    ctx: &XdpContext,
+/// Where the IP header says the L4 header is.
+struct L4 {
     offset: usize,
+    /// What the IP header says follows.
     len: usize,
     proto: u8,
-    fragment_offset: u16,
     src: SourceAt,
-) -> Result<Parsed, Unparsed> {
+    /// Not a fragment (or an IPv6 packet with no fragment header).
+    whole: bool,
+}
+
+/// A TCP or UDP header that does not fit in what the IP header says follows (a first
+/// fragment too short for it, a lying length) is refused.
+#[inline(always)]
+fn parse_transport(ctx: &XdpContext, l4: &L4, fragment_offset: u16) -> Result<Parsed, Unparsed> {
     if fragment_offset != 0 {
         return Ok(later_fragment(fragment_offset));
     }
+    let (offset, len, proto, src) = (l4.offset, l4.len, l4.proto, l4.src);
     match proto {
         PROTO_TCP => {
             if len < TcpHdr::LEN {
@@ -315,6 +344,42 @@ fn parse_transport(
                 payload_len: payload_len as u16,
             }))
         }
+        PROTO_ICMP | IPPROTO_ICMPV6 => Ok(echo_request(ctx, l4).map_or(Parsed::Other, Parsed::Transport)),
         _ => Ok(Parsed::Other),
     }
+}
+
+/// An ICMP echo request over IPv4 or an ICMPv6 one over IPv6, whole and with every
+/// byte the IP header promises, as a possible knock of its data size. Anything else
+/// (other types, truncated or fragmented echoes, ICMP over the other family) is none
+/// of xknock's business and passes as before: the IP stack judges it.
+#[inline(always)]
+fn echo_request(ctx: &XdpContext, l4: &L4) -> Option<Transport> {
+    let request = match (l4.proto, l4.src) {
+        (PROTO_ICMP, SourceAt::V4(_)) => ICMP_ECHO_REQUEST,
+        (IPPROTO_ICMPV6, SourceAt::V6(_)) => ICMPV6_ECHO_REQUEST,
+        _ => return None,
+    };
+    let icmp: *const [u8; ICMP_ECHO_HEADER_LEN] = ptr_at(ctx, l4.offset).ok()?;
+    // SAFETY: ptr_at checked the echo header.
+    let icmp_type = unsafe { (*icmp)[0] };
+    // Checked after the read: LLVM would otherwise fold ptr_at's check into the
+    // length one, which the verifier cannot follow.
+    if icmp_type != request
+        || !l4.whole
+        || l4.len < ICMP_ECHO_HEADER_LEN
+        || ctx.data() + l4.offset + l4.len > ctx.data_end()
+    {
+        return None;
+    }
+    Some(Transport {
+        src: l4.src,
+        src_port: 0,
+        // At most 65535 - 8: a u16.
+        dst_port: (l4.len - ICMP_ECHO_HEADER_LEN) as u16,
+        proto: PROTO_ICMP,
+        tcp_flags: 0,
+        payload_at: 0,
+        payload_len: 0,
+    })
 }

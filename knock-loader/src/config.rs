@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::net::Knock;
+use crate::net::{Knock, KnockSpec};
 use crate::{
     spa::{Key, KeyId, fwknop},
     timed::TimedSecret,
@@ -50,6 +50,8 @@ pub enum XdpMode {
 pub struct Sequence {
     pub name: String,
     pub knocks: Vec<Knock>,
+    /// The knocks marked `:pass`: their packets also pass on to what serves there.
+    pub passing: Vec<Knock>,
     pub protect: Vec<Knock>,
     pub open_for: Duration,
     pub step_timeout: Duration,

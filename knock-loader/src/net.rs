@@ -1,5 +1,6 @@
 //! Ports, protocols and addresses, and how every part of userspace writes them: a
-//! knock or protected port (`PORT/tcp`), the kernel's 16-byte address form, which
+//! protected port (`PORT/tcp`), a knock (`PORT/udp`, `SIZE/icmp`, `443/tcp:pass`),
+//! the kernel's 16-byte address form, which
 //! sources are martians (never authorized), how IPv6 bans group addresses by prefix,
 //! and the host's ephemeral port range.
 
@@ -9,14 +10,19 @@ use std::{
     str::FromStr,
 };
 
-use knock_common::{PROTO_TCP, PROTO_UDP, PortProto, SourceKey};
+use knock_common::{MAX_ICMP_KNOCK_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortProto, SourceKey};
 
-/// A protocol's name as written in configs and shown in events: `tcp` or `udp`.
+/// A protocol's name as written in configs and shown in events: `tcp`, `udp` or
+/// `icmp` (an ICMP knock, either family's echo request).
 pub fn proto_name(proto: u8) -> &'static str {
-    if proto == PROTO_UDP { "udp" } else { "tcp" }
+    match proto {
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "tcp",
+    }
 }
 
-/// The protocol number of `tcp` or `udp`.
+/// The protocol number of `tcp` or `udp` (a port's protocol).
 pub fn parse_proto(name: &str) -> Option<u8> {
     match name {
         "tcp" => Some(PROTO_TCP),
@@ -25,11 +31,57 @@ pub fn parse_proto(name: &str) -> Option<u8> {
     }
 }
 
-/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP).
+/// A port and protocol, written `PORT/tcp` or `PORT/udp` (`PORT` alone means TCP). As
+/// a knock it may also be an ICMP echo request: `proto` PROTO_ICMP, `port` the size
+/// of its data, written `SIZE/icmp` ([`KnockSpec`] parses that; this type's `FromStr`
+/// takes ports only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Knock {
     pub port: u16,
     pub proto: u8,
+}
+
+/// A knock as configs and the client write it: `PORT[/tcp|/udp]` or `SIZE/icmp`, and
+/// `:pass` for one that then passes on to whatever serves there (`443/tcp:pass`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnockSpec {
+    pub knock: Knock,
+    pub pass: bool,
+}
+
+impl FromStr for KnockSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (knock, pass) = match s.rsplit_once(':') {
+            Some((knock, "pass")) => (knock, true),
+            Some((_, suffix)) => {
+                return Err(format!("{s:?}: unknown suffix {suffix:?}; the only one is :pass"));
+            }
+            None => (s, false),
+        };
+        let knock = match knock.strip_suffix("/icmp") {
+            Some(size) => match size.parse::<u16>() {
+                Ok(size) if size <= MAX_ICMP_KNOCK_SIZE => Knock {
+                    port: size,
+                    proto: PROTO_ICMP,
+                },
+                _ => {
+                    return Err(format!(
+                        "{s:?}: an ICMP knock is SIZE/icmp, the echo's data size (ping -s SIZE) from 0 to \
+                         {MAX_ICMP_KNOCK_SIZE}: a larger echo would be fragmented on a 1500-byte link"
+                    ));
+                }
+            },
+            None => knock.parse().map_err(|e| format!("{e}, or SIZE/icmp"))?,
+        };
+        Ok(KnockSpec { knock, pass })
+    }
+}
+
+impl fmt::Display for KnockSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.knock, if self.pass { ":pass" } else { "" })
+    }
 }
 
 impl FromStr for Knock {

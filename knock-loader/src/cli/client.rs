@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use super::FamilyArgs;
 use crate::{
     client::{self, spa::parse_access},
-    net::Knock,
+    net::KnockSpec,
     spa::{Access, ClientKey},
     timed::TimedSecret,
 };
@@ -20,9 +20,13 @@ use crate::{
 pub struct KnockArgs {
     /// The server's name or address.
     pub host: String,
-    /// PORT, PORT/tcp or PORT/udp (tcp when no protocol is given).
+    /// PORT, PORT/tcp or PORT/udp (tcp when no protocol is given), or SIZE/icmp: an
+    /// echo request with SIZE bytes of data, as `ping -s SIZE` sends (an unprivileged
+    /// ICMP socket where net.ipv4.ping_group_range allows it, else a raw one). A
+    /// `:pass` suffix, as the server's config writes passing knocks, is accepted and
+    /// changes nothing: the packet is the same.
     #[arg(required_unless_present = "secret", conflicts_with = "secret", value_parser = parse_knock)]
-    pub knocks: Vec<Knock>,
+    pub knocks: Vec<KnockSpec>,
     /// A time-based sequence's secret file (`xknock secret` makes one): knock what
     /// it gives for now. This host's clock must be right within the server's grace.
     #[arg(long)]
@@ -67,7 +71,7 @@ pub struct SpaArgs {
     pub family: FamilyArgs,
 }
 
-fn parse_knock(s: &str) -> Result<Knock, String> {
+fn parse_knock(s: &str) -> Result<KnockSpec, String> {
     s.parse()
 }
 
@@ -75,7 +79,7 @@ fn parse_knock(s: &str) -> Result<Knock, String> {
 pub fn knock(args: KnockArgs) -> Result<()> {
     let addr = client::resolve(&args.host, args.family.family())?;
     let knocks = match &args.secret {
-        None => args.knocks,
+        None => args.knocks.iter().map(|s| s.knock).collect(),
         Some(path) => {
             let secret = TimedSecret::load(path)?;
             secret.knocks_for(secret.counter(SystemTime::now()))

@@ -10,8 +10,9 @@ use std::{
 use ipnet::IpNet;
 
 use knock_common::{
-    ACCESS_ALLOW, ACCESS_DENY, PROTO_UDP, PortRule, RULE_FWKNOP, RULE_SPA, RULE_STEALTH, SEQ_IGNORE_WRONG,
-    SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings, SpaCheckKey, SpaKeyId, port_rule_index,
+    ACCESS_ALLOW, ACCESS_DENY, PROTO_TCP, PROTO_UDP, PortRule, RULE_FWKNOP, RULE_PASS, RULE_PASS_ANY_TCP,
+    RULE_SPA, RULE_STEALTH, SEQ_IGNORE_WRONG, SEQ_KEEP_ESTABLISHED, SEQ_STRICT, SequenceConfig, Settings,
+    SpaCheckKey, SpaKeyId, port_rule_index,
 };
 
 use sha2::{Digest as _, Sha256};
@@ -99,10 +100,14 @@ impl Config {
         for (i, seq) in slots.iter().enumerate() {
             let bit = 1u8 << i;
             for k in &seq.knocks {
-                rules
-                    .entry(rule_index(*k))
-                    .or_insert_with(|| strict(strict_mask))
-                    .knock_mask |= bit;
+                let rule = rules.entry(rule_index(*k)).or_insert_with(|| strict(strict_mask));
+                rule.knock_mask |= bit;
+                if seq.passing.contains(k) {
+                    rule.flags |= RULE_PASS;
+                    if k.proto == PROTO_TCP && !seq.counts_syn_only() {
+                        rule.flags |= RULE_PASS_ANY_TCP;
+                    }
+                }
             }
             for p in &seq.protect {
                 rules
@@ -200,6 +205,10 @@ pub struct Background {
 
 impl Background {
     pub fn rule(&self, index: u32) -> PortRule {
+        // ICMP knock sizes: no port, nothing strict mode or stealth would see.
+        if index >= 2 * 65536 {
+            return PortRule::default();
+        }
         let hidden = self.stealth.as_ref().is_some_and(|(public, (low, high))| {
             let udp_port = index.checked_sub(65536);
             public.binary_search(&index).is_err()
@@ -229,11 +238,19 @@ fn strict(strict_mask: u8) -> PortRule {
 }
 
 pub fn rule_index(k: Knock) -> u32 {
-    // Knock only holds TCP or UDP, which always have an index.
+    // Knock only holds TCP, UDP or an ICMP size the config checked, which always
+    // have an index.
     port_rule_index(k.proto, k.port).unwrap_or_default()
 }
 
 impl Sequence {
+    /// Whether a TCP knock of this sequence must be a SYN without ACK (`tcp_flags` is
+    /// "syn", the default, or names more), so no other packet of a connection counts.
+    pub fn counts_syn_only(&self) -> bool {
+        use knock_common::{TCP_ACK, TCP_SYN};
+        self.tcp_flags_set & TCP_SYN != 0 && self.tcp_flags_clear & TCP_ACK != 0
+    }
+
     /// A one-time sequence's identity of its current line in the kernel.
     pub fn one_time_id(&self) -> Option<u64> {
         Some(one_time_id(self.one_time.as_ref()?, &self.knocks))

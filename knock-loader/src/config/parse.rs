@@ -16,7 +16,8 @@ use toml::Spanned;
 use crate::timed::TimedSecret;
 
 use super::{
-    BanPolicy, Config, DEFAULT_PIN_DIR, EventLimits, Knock, Limits, Sequence, Stealth, Timed, XdpMode,
+    BanPolicy, Config, DEFAULT_PIN_DIR, EventLimits, Knock, KnockSpec, Limits, Sequence, Stealth, Timed,
+    XdpMode,
     commands::{RawCommands, parse_commands, parse_template},
     fleet::{RawFleet, parse_fleet},
     is_plain_name,
@@ -355,6 +356,50 @@ fn parse_ports(
         .collect()
 }
 
+/// `knocks`: the knocks in order, and those of them marked `:pass`. A knock must be
+/// passing everywhere in the sequence or nowhere, and passing knocks on one port
+/// alone would be what any visitor of that port sends.
+fn parse_knocks(src: &Source, list: &Spanned<Vec<Spanned<String>>>) -> Result<(Vec<Knock>, Vec<Knock>)> {
+    if list.get_ref().len() > MAX_KNOCKS {
+        return Err(src.at(list, "knocks", format!("at most {MAX_KNOCKS} entries")));
+    }
+    let mut specs: Vec<KnockSpec> = vec![];
+    for s in list.get_ref() {
+        let spec: KnockSpec = s.get_ref().parse().map_err(|e| src.at(s, "knocks", e))?;
+        if let Some(other) = specs
+            .iter()
+            .find(|o| o.knock == spec.knock && o.pass != spec.pass)
+        {
+            return Err(src.at(
+                s,
+                "knocks",
+                format!(
+                    "{spec} and {other}: a knock passes everywhere in the sequence or nowhere (its port serves or not)"
+                ),
+            ));
+        }
+        specs.push(spec);
+    }
+    let knocks: Vec<Knock> = specs.iter().map(|s| s.knock).collect();
+    let mut passing: Vec<Knock> = vec![];
+    for s in specs.iter().filter(|s| s.pass) {
+        if !passing.contains(&s.knock) {
+            passing.push(s.knock);
+        }
+    }
+    if passing.len() == 1 && specs.iter().all(|s| s.pass) {
+        return Err(src.at(
+            list,
+            "knocks",
+            format!(
+                "only {}: any visitor of that port sends it; add a knock that does not pass (a closed port or SIZE/icmp)",
+                specs[0]
+            ),
+        ));
+    }
+    Ok((knocks, passing))
+}
+
 /// `secret_file` and `grace`: a time-based sequence; `None` for one with `knocks`.
 fn parse_timed(src: &Source, raw: &RawSequence) -> Result<Option<Timed>> {
     let Some(file) = &raw.secret_file else {
@@ -420,20 +465,20 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
         // Relative to the config file, like a secret_file.
         (f, src.path.parent().unwrap_or(Path::new("")).join(f.get_ref()))
     });
-    let knocks = match (&raw.knocks, &one_time) {
+    let (knocks, passing) = match (&raw.knocks, &one_time) {
         // No knocks: only SPA (or `allow`) opens the sequence.
-        (Some(k), None) if k.get_ref().is_empty() => vec![],
-        (Some(k), None) => parse_ports(src, k, "knocks", MAX_KNOCKS)?,
+        (Some(k), None) if k.get_ref().is_empty() => (vec![], vec![]),
+        (Some(k), None) => parse_knocks(src, k)?,
         (None, Some((f, path))) => match crate::onetime::current(path) {
-            Ok(Some((_, knocks))) => knocks,
+            Ok(Some((_, knocks))) => (knocks, vec![]),
             // All used: the sequence opens nothing until the file gets more lines.
-            Ok(None) => vec![],
+            Ok(None) => (vec![], vec![]),
             Err(e) => return Err(src.at(*f, "one_time_sequences", format!("{e:#}"))),
         },
         (Some(k), Some(_)) => {
             return Err(src.at(k, "knocks", "give knocks or one_time_sequences, not both"));
         }
-        (None, None) => vec![],
+        (None, None) => (vec![], vec![]),
     };
     if let (Some(k), Some(w)) = (&raw.knocks, knocks.windows(2).find(|w| w[0] == w[1])) {
         return Err(src.at(
@@ -463,6 +508,7 @@ fn parse_sequence(src: &Source, raw: &RawSequence) -> Result<Sequence> {
     let seq = Sequence {
         name,
         knocks,
+        passing,
         protect,
         open_for: src.duration(&raw.open_for, "open_for", DEFAULT_OPEN_FOR)?,
         step_timeout: src.duration(&raw.step_timeout, "step_timeout", DEFAULT_STEP_TIMEOUT)?,
@@ -575,16 +621,19 @@ fn check_one_time(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Seque
     let lines =
         crate::onetime::unused(path).map_err(|e| src.at(f, "one_time_sequences", format!("{e:#}")))?;
     for (line, knocks) in lines {
-        let protected = seqs.iter().find_map(|o| {
-            let k = knocks.iter().find(|k| o.protect.contains(k))?;
-            Some((k, &o.name))
+        let used = seqs.iter().find_map(|o| {
+            if let Some(k) = knocks.iter().find(|k| o.protect.contains(k)) {
+                return Some((k, "protected by", &o.name));
+            }
+            let k = knocks.iter().find(|k| o.passing.contains(k))?;
+            Some((k, "a passing knock of", &o.name))
         });
-        if let Some((k, other)) = protected {
+        if let Some((k, what, other)) = used {
             return Err(src.at(
                 f,
                 "one_time_sequences",
                 format!(
-                    "{}:{line}: {k} is protected by sequence {other:?}: a port cannot be both",
+                    "{}:{line}: {k} is {what} sequence {other:?}: a port cannot be both",
                     path.display()
                 ),
             ));
@@ -619,6 +668,7 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
                 format!("{p} is a knock of sequence {other:?}: a port cannot be both"),
             ));
         }
+        check_passing(src, raw, seq, seqs)?;
         check_one_time(src, raw, seq, seqs)?;
         check_timed(src, raw, seq, seqs)?;
         if let Some(other) = seqs.iter().take_while(|o| !std::ptr::eq(*o, seq)).find(|o| {
@@ -631,6 +681,37 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
                 format!(
                     "the same knocks as sequence {:?}: the two cannot be told apart",
                     other.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A port's packets pass or are dropped, so a knock that passes in one sequence
+/// passes in every other that knocks there.
+fn check_passing(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Sequence]) -> Result<()> {
+    let Some(knocks) = &raw.knocks else {
+        return Ok(());
+    };
+    for other in seqs.iter().filter(|o| !std::ptr::eq(*o, seq)) {
+        let differs = |k: &&Knock| seq.passing.contains(k) != other.passing.contains(k);
+        if let Some(k) = seq
+            .knocks
+            .iter()
+            .filter(|k| other.knocks.contains(k))
+            .find(differs)
+        {
+            let (passes, drops) = if seq.passing.contains(k) {
+                (&seq.name, &other.name)
+            } else {
+                (&other.name, &seq.name)
+            };
+            return Err(src.at(
+                knocks,
+                "knocks",
+                format!(
+                    "{k} passes in sequence {passes:?} but not in {drops:?}: mark it :pass in both or in neither"
                 ),
             ));
         }
