@@ -232,6 +232,28 @@ mod tests {
     }
 
     #[test]
+    fn knocks_are_ports_icmp_sizes_and_may_pass() {
+        let spec = |s: &str| s.parse::<KnockSpec>().map(|k| k.to_string());
+        assert_eq!(spec("443/tcp:pass").as_deref(), Ok("443/tcp:pass"));
+        assert_eq!(spec("9000").as_deref(), Ok("9000/tcp"));
+        assert_eq!(spec("53/udp").as_deref(), Ok("53/udp"));
+        assert_eq!(spec("0/icmp").as_deref(), Ok("0/icmp"));
+        assert_eq!(spec("1452/icmp:pass").as_deref(), Ok("1452/icmp:pass"));
+        for bad in [
+            "1453/icmp",
+            "-1/icmp",
+            "/icmp",
+            "64/icmp:drop",
+            "443/tcp:",
+            "0/tcp:pass",
+            "64/icmpv6",
+        ] {
+            assert!(spec(bad).is_err(), "{bad} is refused");
+        }
+        assert!("64/icmp".parse::<Knock>().is_err(), "a port is TCP or UDP");
+    }
+
+    #[test]
     fn the_port_range_is_two_ports_in_order() {
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(parse_port_range("1024 1024"), Some((1024, 1024)));

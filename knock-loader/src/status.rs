@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use knock_common::{Flow, Origin, Progress, SequenceConfig};
 use serde::Serialize;
 
@@ -139,6 +139,24 @@ fn ports(list: &[knock_common::PortProto], n: u8) -> Vec<String> {
         .collect()
 }
 
+/// A sequence's knocks, `:pass` on those whose port rule passes them on.
+fn knocks(state: &State, c: &SequenceConfig) -> Result<Vec<String>> {
+    let mut knocks = ports(&c.knocks, c.n_knocks);
+    for (text, k) in knocks.iter_mut().zip(&c.knocks) {
+        let Some(index) = knock_common::port_rule_index(k.proto, k.port) else {
+            continue;
+        };
+        let rule = state
+            .port_rules
+            .get(&index, 0)
+            .context("cannot read the port-rule map")?;
+        if rule.flags & knock_common::RULE_PASS != 0 {
+            text.push_str(":pass");
+        }
+    }
+    Ok(knocks)
+}
+
 impl Status {
     /// What `state`'s maps say; `pin_dir` is where `run` saved the fleet's origins.
     pub fn read(state: &State, pin_dir: &Path) -> Result<Status> {
@@ -149,14 +167,16 @@ impl Status {
         let name = |i: u8| config(i).map_or_else(|| format!("#{i}"), sequence_name);
         let sequences = seqs
             .iter()
-            .map(|(_, c)| SequenceStatus {
-                name: sequence_name(c),
-                knocks: ports(&c.knocks, c.n_knocks),
-                protect: ports(&c.protect, c.n_protect),
-                open_for_ms: c.open_for_ns / 1_000_000,
-                strict: c.flags & knock_common::SEQ_STRICT != 0,
+            .map(|(_, c)| {
+                Ok(SequenceStatus {
+                    name: sequence_name(c),
+                    knocks: knocks(state, c)?,
+                    protect: ports(&c.protect, c.n_protect),
+                    open_for_ms: c.open_for_ns / 1_000_000,
+                    strict: c.flags & knock_common::SEQ_STRICT != 0,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut in_progress: Vec<InProgress> = state
             .progress
             .iter()

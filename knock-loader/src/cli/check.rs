@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     clock::human,
     config::{Config, Sequence},
-    net::proto_name,
+    net::{KnockSpec, proto_name},
 };
 
 #[derive(clap::Args)]
@@ -61,7 +61,17 @@ pub fn check(args: &CheckArgs) -> Result<()> {
 }
 
 fn print_sequence(s: &Sequence) {
-    let mut knocks: Vec<_> = s.knocks.iter().map(ToString::to_string).collect();
+    let mut knocks: Vec<_> = s
+        .knocks
+        .iter()
+        .map(|k| {
+            KnockSpec {
+                knock: *k,
+                pass: s.passing.contains(k),
+            }
+            .to_string()
+        })
+        .collect();
     if knocks.is_empty() && s.one_time.is_none() && s.timed.is_none() {
         knocks.push("none (only SPA and allow open it)".into());
     }
@@ -91,6 +101,12 @@ fn print_sequence(s: &Sequence) {
         protect.join(" "),
         human(s.open_for)
     );
+    if !s.knocks.is_empty() && s.knocks.iter().all(|k| s.passing.contains(k)) {
+        println!(
+            "    warning: every knock passes, so visitors of those ports can complete it in that order; \
+             add a knock that does not pass (a closed port or SIZE/icmp)"
+        );
+    }
     for (key, command) in [("on_open", &s.on_open), ("on_close", &s.on_close)] {
         if let Some(command) = command {
             println!("    {key}: {command}");

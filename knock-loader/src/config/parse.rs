@@ -689,12 +689,9 @@ fn check_across(src: &Source, raw: &[Spanned<RawSequence>], seqs: &[Sequence]) -
 }
 
 /// A port's packets pass or are dropped, so a knock that passes in one sequence
-/// passes in every other that knocks there.
+/// passes in every other that knocks there (reported at the later of the two).
 fn check_passing(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Sequence]) -> Result<()> {
-    let Some(knocks) = &raw.knocks else {
-        return Ok(());
-    };
-    for other in seqs.iter().filter(|o| !std::ptr::eq(*o, seq)) {
+    for other in seqs.iter().take_while(|o| !std::ptr::eq(*o, seq)) {
         let differs = |k: &&Knock| seq.passing.contains(k) != other.passing.contains(k);
         if let Some(k) = seq
             .knocks
@@ -707,13 +704,14 @@ fn check_passing(src: &Source, raw: &RawSequence, seq: &Sequence, seqs: &[Sequen
             } else {
                 (&other.name, &seq.name)
             };
-            return Err(src.at(
-                knocks,
-                "knocks",
-                format!(
-                    "{k} passes in sequence {passes:?} but not in {drops:?}: mark it :pass in both or in neither"
-                ),
-            ));
+            let why = format!(
+                "{k} passes in sequence {passes:?} but not in {drops:?}: mark it :pass in both or in neither"
+            );
+            return Err(match (&raw.knocks, &raw.one_time_sequences) {
+                (Some(knocks), _) => src.at(knocks, "knocks", why),
+                (None, Some(file)) => src.at(file, "one_time_sequences", why),
+                (None, None) => src.at(&raw.name, "knocks", why),
+            });
         }
     }
     Ok(())

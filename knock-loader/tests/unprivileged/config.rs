@@ -454,3 +454,136 @@ fn fleet_defaults_and_refusals() {
     ));
     assert!(e.contains("test.toml:6: fleet.name: \"a b\""), "{e}");
 }
+
+#[test]
+fn passing_and_icmp_knocks_become_port_rules() {
+    use knock_common::{PROTO_ICMP, RULE_PASS, RULE_PASS_ANY_TCP};
+    let c = parse(
+        "[[sequence]]\nname = \"web\"\nknocks = [\"443/tcp:pass\", \"80/tcp:pass\", \"64/icmp\", \"53/udp:pass\"]\nprotect = [\"22/tcp\"]\n\
+         [[sequence]]\nname = \"fin\"\nknocks = [\"8443/tcp:pass\", \"0/icmp:pass\"]\nprotect = [\"2222/tcp\"]\ntcp_flags = \"fin\"\n",
+    )
+    .expect("valid");
+    let web = &c.sequences[0];
+    let ports: Vec<String> = web.knocks.iter().map(ToString::to_string).collect();
+    assert_eq!(ports, ["443/tcp", "80/tcp", "64/icmp", "53/udp"]);
+    let passing: Vec<String> = web.passing.iter().map(ToString::to_string).collect();
+    assert_eq!(passing, ["443/tcp", "80/tcp", "53/udp"]);
+    let k = web.kernel_config();
+    assert_eq!((k.knocks[2].port, k.knocks[2].proto), (64, PROTO_ICMP));
+    let rules = c.port_rules(std::time::SystemTime::now());
+    let rule = |proto, port| rules[&port_rule_index(proto, port).expect("an index")];
+    assert_eq!(
+        rule(6, 443).flags,
+        RULE_PASS,
+        "SYNs only: the rest of a connection passes at once"
+    );
+    assert_eq!(rule(17, 53).flags, RULE_PASS);
+    assert_eq!(
+        rule(PROTO_ICMP, 64),
+        PortRule {
+            knock_mask: 1,
+            ..PortRule::default()
+        }
+    );
+    assert_eq!(
+        rule(6, 8443).flags,
+        RULE_PASS | RULE_PASS_ANY_TCP,
+        "a FIN knock is no SYN"
+    );
+    assert_eq!(rule(PROTO_ICMP, 0).flags, RULE_PASS);
+    assert_eq!(
+        port_rule_index(PROTO_ICMP, 1453),
+        None,
+        "no rule for echoes too large to knock"
+    );
+}
+
+#[test]
+fn passing_and_icmp_knocks_are_refused_where_ambiguous() {
+    let seq =
+        |knocks: &str| format!("[[sequence]]\nname = \"s\"\nknocks = [{knocks}]\nprotect = [\"22/tcp\"]\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            seq("\"443/tcp:pass\""),
+            ":3: knocks: only 443/tcp:pass: any visitor of that port sends it",
+        ),
+        (
+            seq("\"443/tcp:pass\", \"80/tcp\", \"443/tcp\""),
+            ":3: knocks: 443/tcp and 443/tcp:pass: a knock passes everywhere in the sequence or nowhere",
+        ),
+        (
+            seq("\"443/tcp:open\""),
+            ":3: knocks: \"443/tcp:open\": unknown suffix",
+        ),
+        (
+            seq("\"1453/icmp\""),
+            ":3: knocks: \"1453/icmp\": an ICMP knock is SIZE/icmp",
+        ),
+        (
+            seq("\"x/icmp\""),
+            ":3: knocks: \"x/icmp\": an ICMP knock is SIZE/icmp",
+        ),
+        (
+            seq("\"64/icmp\", \"64/icmp\""),
+            ":3: knocks: 64/icmp twice in a row",
+        ),
+        (
+            seq("\"64/icmp\", \"7000\"").replace("[\"22/tcp\"]", "[\"64/icmp\"]"),
+            ":4: protect: unknown protocol \"icmp\"",
+        ),
+        (
+            format!(
+                "{}[[sequence]]\nname = \"t\"\nknocks = [\"7000\", \"443/tcp\"]\nprotect = [\"23/tcp\"]\n",
+                seq("\"443/tcp:pass\", \"64/icmp\"")
+            ),
+            ":7: knocks: 443/tcp passes in sequence \"s\" but not in \"t\": mark it :pass in both or in neither",
+        ),
+        (
+            format!(
+                "stealth = true\npublic = [\"443/tcp\"]\n{}",
+                seq("\"443/tcp:pass\", \"64/icmp\"")
+            ),
+            ":2: public: 443/tcp is a knock of sequence \"s\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = refused(&text);
+        assert!(e.contains(expected), "{text}\nexpected {expected:?} in: {e}");
+    }
+    // Passing knocks on two ports, or passing and ICMP: accepted (docs/knocks.md says
+    // what they cost).
+    parse(&seq("\"443/tcp:pass\", \"80/tcp:pass\"")).expect("two ports");
+    parse(&seq("\"64/icmp:pass\", \"7000/tcp\"")).expect("a passing ICMP knock and a closed port");
+}
+
+#[test]
+fn check_shows_passing_knocks_and_warns_when_every_knock_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("xknock.toml");
+    std::fs::write(
+        &file,
+        "[[sequence]]\nname = \"web\"\nknocks = [\"443/tcp:pass\", \"64/icmp\"]\nprotect = [\"22/tcp\"]\n\
+         [[sequence]]\nname = \"browse\"\nknocks = [\"80/tcp:pass\", \"443/tcp:pass\"]\nprotect = [\"2222/tcp\"]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(crate::xknock_bin())
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs xknock");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("web: knocks 443/tcp:pass 64/icmp open 22/tcp"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("browse: knocks 80/tcp:pass 443/tcp:pass open 2222/tcp"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("warning: every knock passes").count(),
+        1,
+        "{stdout}"
+    );
+}
