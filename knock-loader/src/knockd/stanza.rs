@@ -113,6 +113,25 @@ impl Stanza<'_> {
                 ),
             );
         }
+        // knockd sees packets through libpcap, so its knocks on a port that serves
+        // reach the server too; xknock drops knocks unless they are marked :pass.
+        let mut services: Vec<String> = vec![];
+        for k in knocks.iter().filter(|k| k.port < 1024).map(ToString::to_string) {
+            if !services.contains(&k) {
+                services.push(k);
+            }
+        }
+        if !services.is_empty() {
+            self.note(
+                s,
+                format!(
+                    "knocks on {} also reached a server there under knockd, xknock drops them: \
+                     if the port serves here, mark it :pass (docs/configuration.md, \
+                     \"Passing and ICMP knocks\")",
+                    services.join(", ")
+                ),
+            );
+        }
         if let Some(w) = knocks.windows(2).find(|w| w[0] == w[1]) {
             self.note(
                 s,

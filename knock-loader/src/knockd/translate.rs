@@ -273,17 +273,34 @@ mod tests {
     }
 
     #[test]
+    fn knocks_on_well_known_ports_may_be_passing_ones() {
+        let (toml, notes) = imported("[web]\nsequence = 443,80,7000,80\n");
+        assert!(
+            toml.contains("knocks = [\"443/tcp\", \"80/tcp\", \"7000/tcp\", \"80/tcp\"]"),
+            "{toml}"
+        );
+        assert_eq!(
+            notes[1..],
+            [
+                "line 2: sequence: not translated: knocks on 443/tcp, 80/tcp also reached a server there \
+              under knockd, xknock drops them: if the port serves here, mark it :pass \
+              (docs/configuration.md, \"Passing and ICMP knocks\")"
+            ]
+        );
+    }
+
+    #[test]
     fn what_has_no_equivalent_is_reported_where_it_was() {
         let (toml, notes) = imported(
-            "[options]\nFrobnicate = yes\n[a]\nsequence = 1,1,2\ntcpflags = !ack\n\
+            "[options]\nFrobnicate = yes\n[a]\nsequence = 2001,2001,2002\ntcpflags = !ack\n\
              start_command = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n\
              start_command_6 = /sbin/ip6tables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n\
-             cmd_timeout = 9\n[b]\nsequence = 3,4\n\
+             cmd_timeout = 9\n[b]\nsequence = 2003,2004\n\
              command = /sbin/iptables -D INPUT -s %IP% -p udp --dport 53 -j ACCEPT\n",
         );
         let want = [
             "line 2: Frobnicate: not translated: not a knockd option",
-            "line 4: sequence: not translated: 1/tcp twice in a row",
+            "line 4: sequence: not translated: 2001/tcp twice in a row",
             "line 5: tcpflags: not translated: \"!ack\" names no flag that must be set",
             "line 6: start_command: not translated: knockd left the port open until something deleted",
             "line 8: cmd_timeout: not translated: knockd uses it only with stop_command",
