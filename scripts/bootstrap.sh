@@ -19,6 +19,7 @@ APT_PACKAGES=(
   iproute2 bpftool ethtool                             # namespaces, veth, map dumps, stats
   openssh-server openssh-client                        # the protected service
   knockd nmap hping3 fwknop-client                     # third-party clients, floods
+  iputils-ping curl netcat-openbsd python3             # stock tools knocking, a web server
   iptables nftables                                    # the alternatives benchmarked
   etcd-server etcd-client                              # the fleet: a real etcd cluster
   protobuf-compiler libprotobuf-dev                    # protoc and its well-known types (etcd-client)

@@ -10,15 +10,17 @@
 //!
 //! `netns` (knock, connect, the clients, signals, bans, stealth), `spoof` (the
 //! spoofed-lockout attack), `spa`, `fwknop` (fwknop's real client), `timed`, `floods` (hping3's random-source flood),
-//! `onetime`, `lifecycle` (restart, upgrade, `down`, reload, interfaces), `faults`
-//! (fail closed), `commands` (on_open and on_close), `metrics` and `fleet` (two hosts
-//! sharing authorizations through a three-member etcd cluster).
+//! `onetime`, `kinds` (passing and ICMP knocks from curl, nc and ping), `lifecycle`
+//! (restart, upgrade, `down`, reload, interfaces), `faults` (fail closed), `commands`
+//! (on_open and on_close), `metrics` and `fleet` (two hosts sharing authorizations
+//! through a three-member etcd cluster).
 
 mod commands;
 mod faults;
 mod fleet;
 mod floods;
 mod fwknop;
+mod kinds;
 mod lifecycle;
 mod metrics;
 mod netns;
