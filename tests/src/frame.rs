@@ -18,6 +18,8 @@ pub struct Frame {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// The ICMP or ICMPv6 type, for those protocols (8 and 128: echo requests).
+    pub icmp_type: u8,
     /// TPIDs of VLAN tags, outermost first.
     pub vlans: Vec<u16>,
     /// IPv4 options, in 4-byte words (IHL = 5 + this).
@@ -42,6 +44,7 @@ impl Frame {
             sport: 40000,
             dport,
             tcp_flags,
+            icmp_type: 0,
             vlans: vec![],
             ipv4_option_words: 0,
             ipv6_ext: vec![],
@@ -61,9 +64,27 @@ impl Frame {
         Frame::new(src, 17, dport, 0)
     }
 
-    /// Another IP protocol (ICMP, SCTP, ...), with an 8-byte header of zeros.
+    /// Another IP protocol (ICMP of type 0, SCTP, ...), with an 8-byte header.
     pub fn other(src: &str, proto: u8) -> Frame {
         Frame::new(src, proto, 0, 0)
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 echo request with `size` bytes of data, what
+    /// `ping -s SIZE` sends: the ICMP knock `SIZE/icmp`.
+    pub fn echo(src: &str, size: usize) -> Frame {
+        let mut f = Frame::new(src, 1, 0, 0);
+        if f.src.is_ipv6() {
+            (f.proto, f.icmp_type) = (58, 128);
+        } else {
+            f.icmp_type = 8;
+        }
+        f.payload = (0..size).map(|i| i as u8).collect();
+        f
+    }
+
+    pub fn icmp_type(mut self, icmp_type: u8) -> Frame {
+        self.icmp_type = icmp_type;
+        self
     }
 
     pub fn flags(mut self, flags: u8) -> Frame {
@@ -138,6 +159,8 @@ impl Frame {
                 h[4..6].copy_from_slice(&(8 + self.payload.len() as u16).to_be_bytes());
                 h
             }
+            // Type, code, checksum (left zero), identifier, sequence number.
+            1 | 58 => vec![self.icmp_type, 0, 0, 0, 0x12, 0x34, 0, 1],
             _ => vec![0u8; 8],
         };
         match self.l4_bytes {

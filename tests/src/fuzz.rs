@@ -1,10 +1,12 @@
 //! Seeded, structure-aware frames for the differential fuzzer: mostly well-formed
 //! frames aimed at the configured ports (often the next knock a source needs, so that
 //! sources really get authorized), with VLAN stacks, IPv4 options, IPv6 extension
-//! chains, fragments and odd TCP flags, then a share of them truncated, bit-flipped
-//! or given lying length fields. Ports no sequence uses get their share too: the
+//! chains, fragments and odd TCP flags, ICMP and ICMPv6 echo requests (of the knocks'
+//! sizes, near them, of other types, over the other family), then a share of them
+//! truncated, padded, bit-flipped or given lying length fields. Ports no sequence uses get their share too: the
 //! public ones, the ephemeral range's edges and random others (what stealth hides).
 
+use knock_common::{MAX_ICMP_KNOCK_SIZE, PROTO_ICMP};
 use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
 use xknock::net::Knock;
 
@@ -96,6 +98,23 @@ impl Gen {
                     proto: self.pick(&[6, 17, 17]),
                 }
             }
+            // Echo requests one byte off a knock's size, or of ping's usual sizes.
+            90..94 => {
+                let size = match self.pick(&seq.knocks) {
+                    k if k.proto == PROTO_ICMP && self.chance(0.7) => {
+                        if self.chance(0.5) {
+                            k.port.saturating_add(1)
+                        } else {
+                            k.port.saturating_sub(1)
+                        }
+                    }
+                    _ => self.pick(&[56, 32, 0, MAX_ICMP_KNOCK_SIZE, MAX_ICMP_KNOCK_SIZE + 1]),
+                };
+                Knock {
+                    port: size,
+                    proto: PROTO_ICMP,
+                }
+            }
             _ => Knock {
                 port: self.rng.random(),
                 proto: self.pick(&[6, 17, 1, 58, 132]),
@@ -104,6 +123,7 @@ impl Gen {
         let mut f = match target.proto {
             6 => Frame::syn(src, target.port).flags(if self.chance(0.7) { 0x02 } else { self.pick(&FLAGS) }),
             17 => Frame::udp(src, target.port),
+            PROTO_ICMP => self.echo(src, target.port),
             other => Frame::other(src, other),
         };
         f = f.sport(40000 + self.rng.random_range(0..3));
@@ -134,7 +154,31 @@ impl Gen {
         bytes
     }
 
+    /// An echo request of `size` bytes of data, now and then of another ICMP type
+    /// (echo replies, the other family's request) or over the other family's protocol.
+    fn echo(&mut self, src: &str, size: u16) -> Frame {
+        let f = Frame::echo(src, usize::from(size));
+        match self.rng.random_range(0..20) {
+            0 => f.icmp_type(self.pick(&[0, 8, 128, 129, 3])),
+            // The other family's echo request, in this family's packet.
+            1 => {
+                let (proto, icmp_type) = if f.proto == 1 { (58, 128) } else { (1, 8) };
+                Frame {
+                    proto,
+                    icmp_type,
+                    ..f
+                }
+            }
+            _ => f,
+        }
+    }
+
     fn mutate(&mut self, bytes: &mut Vec<u8>) {
+        if self.chance(0.03) {
+            // Ethernet padding: bytes past what the IP header counts.
+            let pad = self.rng.random_range(1..=46);
+            bytes.extend(std::iter::repeat_n(0u8, pad));
+        }
         if self.chance(0.06) {
             let len = self.rng.random_range(14..=bytes.len());
             bytes.truncate(len);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
-use knock_common::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use knock_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use xknock::config::{BanPolicy, Config, Sequence};
 use xknock::net::Knock;
 
@@ -16,7 +16,7 @@ pub const DROP: u32 = 1;
 /// What the headers say, as far as they can be followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// Not IP, or neither TCP nor UDP.
+    /// Not IP, or neither TCP, UDP nor a whole echo request.
     Other,
     /// A fragment past offset 1.
     LaterFragment,
@@ -27,6 +27,8 @@ pub enum Parsed {
     /// IPv6 from an IPv4-mapped source: Linux never delivers it, so neither does the
     /// filter, whatever it carries.
     MappedSource,
+    /// TCP or UDP, or an echo request as `proto` PROTO_ICMP with its data size as
+    /// `dport` (sport and flags 0): the ICMP knock `SIZE/icmp`.
     Transport {
         src: [u8; 16],
         sport: u16,
@@ -69,8 +71,15 @@ fn parse_checked(f: &[u8]) -> Option<Parsed> {
             let mut src = [0u8; 16];
             src[10..12].copy_from_slice(&[0xff, 0xff]);
             src[12..].copy_from_slice(&ip[12..16]);
-            let frag = be16(ip, 6)? & 0x1fff;
-            transport(f, off + header_len, total - header_len, ip[9], frag, src)
+            let frag = be16(ip, 6)?;
+            let l4 = L4 {
+                off: off + header_len,
+                len: total - header_len,
+                proto: ip[9],
+                whole: frag & 0x2000 == 0,
+                v4: true,
+            };
+            transport(f, l4, frag & 0x1fff, src)
         }
         0x86dd => {
             let ip = f.get(off..off + 40)?;
@@ -83,6 +92,9 @@ fn parse_checked(f: &[u8]) -> Option<Parsed> {
             }
             let mut remaining = usize::from(be16(ip, 4)?);
             let mut next = ip[6];
+            // Any fragment header, even of a packet in one fragment, hides an echo
+            // request's size from the knock rules.
+            let mut whole = true;
             off += 40;
             for _ in 0..=6 {
                 let len = match next {
@@ -103,9 +115,19 @@ fn parse_checked(f: &[u8]) -> Option<Parsed> {
                             return Some(fragment(frag));
                         }
                         next = h[0];
+                        whole = false;
                         8
                     }
-                    proto => return transport(f, off, remaining, proto, 0, src),
+                    proto => {
+                        let l4 = L4 {
+                            off,
+                            len: remaining,
+                            proto,
+                            whole,
+                            v4: false,
+                        };
+                        return transport(f, l4, 0, src);
+                    }
                 };
                 remaining = remaining.checked_sub(len)?;
                 off += len;
@@ -124,13 +146,25 @@ fn fragment(offset: u16) -> Parsed {
     }
 }
 
-fn transport(f: &[u8], off: usize, len: usize, proto: u8, frag: u16, src: [u8; 16]) -> Option<Parsed> {
+/// Where the L4 header starts and how long the IP header says the rest is.
+struct L4 {
+    off: usize,
+    len: usize,
+    proto: u8,
+    /// Not one fragment of several (IPv4), or without a fragment header (IPv6).
+    whole: bool,
+    v4: bool,
+}
+
+fn transport(f: &[u8], l4: L4, frag: u16, src: [u8; 16]) -> Option<Parsed> {
     if frag != 0 {
         return Some(fragment(frag));
     }
+    let L4 { off, len, proto, .. } = l4;
     let header = match proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
+        1 | 58 => return Some(echo_request(f, &l4, src)),
         _ => return Some(Parsed::Other),
     };
     if len < header {
@@ -148,6 +182,28 @@ fn transport(f: &[u8], off: usize, len: usize, proto: u8, frag: u16, src: [u8; 1
         proto,
         flags,
     })
+}
+
+/// An ICMP echo request over IPv4 or an ICMPv6 one over IPv6, unfragmented and with
+/// every byte its IP header promises in the frame, is the knock of its data size;
+/// anything else over ICMP is none of the filter's business.
+fn echo_request(f: &[u8], l4: &L4, src: [u8; 16]) -> Parsed {
+    let request = match (l4.proto, l4.v4) {
+        (1, true) => 8,
+        (58, false) => 128,
+        _ => return Parsed::Other,
+    };
+    let complete = l4.whole && l4.len >= 8 && f.len() >= l4.off + l4.len;
+    if !complete || f.get(l4.off) != Some(&request) {
+        return Parsed::Other;
+    }
+    Parsed::Transport {
+        src,
+        sport: 0,
+        dport: (l4.len - 8) as u16,
+        proto: PROTO_ICMP,
+        flags: 0,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +277,8 @@ pub struct Model {
     stealth: Option<(Vec<Knock>, (u16, u16))>,
     /// SYNs and datagrams stealth dropped so far.
     pub stealth_drops: u64,
+    /// Packets to passing knock ports that passed as knocks (not for being listed).
+    pub pass_knocks: u64,
 }
 
 /// The local ephemeral port range, read as the loader reads it when it applies a
@@ -264,6 +322,7 @@ impl Model {
                 .as_ref()
                 .map(|s| (s.public.clone(), ephemeral_range())),
             stealth_drops: 0,
+            pass_knocks: 0,
         }
     }
 
@@ -358,15 +417,31 @@ impl Model {
             .is_some_and(|(last, idle)| now.saturating_sub(*last) <= *idle)
     }
 
+    /// Whether `port` is a passing knock (`:pass`) of some sequence: a served port.
+    pub fn passing(&self, port: Knock) -> bool {
+        self.seqs.iter().any(|s| s.passing.contains(&port))
+    }
+
     fn decide(&mut self, src: [u8; 16], sport: u16, port: Knock, flags: u8, now: u64) -> u32 {
         let syn = port.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let opens = port.proto == PROTO_UDP || syn;
         let knock_port = self.seqs.iter().any(|s| s.knocks.contains(&port));
         let protected = self.seqs.iter().any(|s| s.protect.contains(&port));
         let strict = opens && self.seqs.iter().any(|s| s.strict);
+        let passes = self.passing(port);
+        // The rest of a connection to a served port, where every sequence counts only
+        // SYNs: it passes and changes nothing, whoever sends it.
+        let syn_only = |s: &Sequence| s.tcp_flags_set & TCP_SYN != 0 && s.tcp_flags_clear & TCP_ACK != 0;
+        let serving = self.seqs.iter().filter(|s| s.passing.contains(&port));
+        if passes && port.proto == PROTO_TCP && !syn && serving.clone().all(syn_only) {
+            self.pass_knocks += 1;
+            return PASS;
+        }
         if knock_port || protected || strict {
-            // Listed sources are decided by the list and never tracked.
+            // Listed sources are decided by the list and never tracked; a passing
+            // port serves them.
             match self.access(src) {
+                Some(_) if passes => return PASS,
                 Some(Access::Deny) if knock_port || protected => return DROP,
                 Some(Access::Allow) if knock_port => return DROP,
                 Some(Access::Allow) if protected => return PASS,
@@ -385,8 +460,12 @@ impl Model {
                 && (port.proto != PROTO_TCP
                     || (flags & s.tcp_flags_set == s.tcp_flags_set && flags & s.tcp_flags_clear == 0));
             if !banned && (counts || (s.strict && opens)) {
-                self.step(i, src, port, counts, now);
+                self.step(i, src, port, counts, passes, now);
             }
+        }
+        if knocked && passes {
+            self.pass_knocks += 1;
+            return PASS;
         }
         if knocked {
             return DROP;
@@ -437,8 +516,15 @@ impl Model {
         DROP
     }
 
-    /// docs/SPEC.md's sequence rules (Semantics) for one source and sequence.
-    fn step(&mut self, i: usize, src: [u8; 16], port: Knock, is_knock: bool, now: u64) {
+    /// docs/SPEC.md's sequence rules (Semantics) for one source and sequence. A
+    /// packet to a passing port (`passes`) is ordinary traffic too: the resets it
+    /// causes are no failures towards a ban.
+    fn step(&mut self, i: usize, src: [u8; 16], port: Knock, is_knock: bool, passes: bool, now: u64) {
+        let fail = |model: &mut Model| {
+            if !passes {
+                model.fail(src, now);
+            }
+        };
         let s = self.seqs[i].clone();
         let key = (src, i as u8);
         let stored = self.progress.get(&key).copied();
@@ -447,7 +533,7 @@ impl Model {
                 || now.saturating_sub(p.first) > ns(s.sequence_timeout)
         });
         if stale {
-            self.fail(src, now);
+            fail(self);
         }
         let (done, first) = stored.filter(|_| !stale).map_or((0, now), |p| (p.step, p.first));
         if !is_knock {
@@ -455,7 +541,7 @@ impl Model {
             if stored.is_some() {
                 self.progress.remove(&key);
                 if done > 0 {
-                    self.fail(src, now);
+                    fail(self);
                 }
             }
             return;
@@ -484,7 +570,7 @@ impl Model {
             // Out of order, ignored.
         } else {
             if done > 0 {
-                self.fail(src, now);
+                fail(self);
             }
             if s.knocks[0] == port {
                 advance(self, 1, now);

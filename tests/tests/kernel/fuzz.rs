@@ -4,6 +4,9 @@
 //! no frame to a protected port from a source that is neither authorized nor on a
 //! kept connection ever gets XDP_PASS.
 //!
+//! Passing knock ports get XDP_PASS from everyone, always, and the kernel's
+//! pass_knock counter matches the model's count.
+//!
 //! The run is split in two: half the frames against CONFIG, half against the same
 //! config with `stealth = true` (STEALTH), where SYNs and datagrams to hidden ports
 //! must be dropped too.
@@ -55,6 +58,26 @@ name = "calm"
 knocks = ["6100/udp", "6200/udp", "6300/tcp", "6400/udp"]
 protect = ["3333/tcp"]
 wrong_knock = "ignore"
+
+# Passing and ICMP knocks: 4443 and 8443 serve (the rest of a connection to 4443
+# passes untracked; "acks" counts ACKs on 8443), 5300/udp serves, 0/icmp is answered.
+[[sequence]]
+name = "serve"
+knocks = ["4443/tcp:pass", "64/icmp", "8443/tcp:pass"]
+protect = ["2200/tcp"]
+step_timeout = "5s"
+
+[[sequence]]
+name = "dns"
+knocks = ["5300/udp:pass", "1452/icmp", "0/icmp:pass"]
+protect = ["2300/tcp"]
+strict = true
+
+[[sequence]]
+name = "acks"
+knocks = ["65/icmp", "8443/tcp:pass"]
+protect = ["2400/tcp"]
+tcp_flags = "ack,!syn"
 
 [ban]
 failures = 6
@@ -185,7 +208,7 @@ fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
         let now = h.now_ns();
         let frame = frames_gen.frame(&model, now);
         // The invariants, judged before the frame changes anything.
-        let (must_drop, hidden) = match parse(&frame) {
+        let (must_drop, hidden, serves) = match parse(&frame) {
             Parsed::Transport {
                 src,
                 sport,
@@ -201,7 +224,8 @@ fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
                 // neither public nor (UDP) ephemeral never passes, whoever sends it.
                 let hidden = !protected && !knock_port && (new_conn || proto == 17) && model.hidden(port);
                 let must_drop = match model.access(src) {
-                    Some(Access::Deny) => protected || knock_port,
+                    // A passing knock port serves denied sources too.
+                    Some(Access::Deny) => protected || (knock_port && !model.passing(port)),
                     Some(Access::Allow) => false,
                     None => {
                         protected
@@ -209,9 +233,9 @@ fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
                             && (new_conn || !model.kept(src, sport, port, now))
                     }
                 };
-                (must_drop, hidden)
+                (must_drop, hidden, model.passing(port))
             }
-            _ => (false, false),
+            _ => (false, false, false),
         };
         let want = model.verdict(&frame, now);
         let got = h.run(&frame);
@@ -224,6 +248,11 @@ fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
         assert!(
             !(hidden && got == PASS),
             "a SYN or datagram reached a port stealth hides: {}",
+            context()
+        );
+        assert!(
+            !(serves && got == DROP),
+            "a packet to a passing knock port was dropped: {}",
             context()
         );
         assert_eq!(
@@ -243,13 +272,27 @@ fn fuzz(toml: &str, frames: u64, seed: u64, stealth: bool) {
     let opened = model.opens;
     let bans = model.bans_made;
     let hid = model.stealth_drops;
+    let served = model.pass_knocks;
     println!(
-        "{mode}: {frames} frames (seed {seed:#x}): {passed} passed, {} dropped ({hid} by stealth), {opened} authorizations, {bans} bans",
+        "{mode}: {frames} frames (seed {seed:#x}): {passed} passed ({served} to passing knocks), {} dropped ({hid} by stealth), {opened} authorizations, {bans} bans",
         frames - passed
     );
     assert!(
-        opened > 0 && bans > 0 && passed > 0 && frames - passed > 0,
+        opened > 0 && bans > 0 && passed > 0 && frames - passed > 0 && served > 0,
         "the fuzzer must reach every outcome ({mode})"
+    );
+    // Entries stay in the model's table once made: every kind of knock opened.
+    for (i, s) in config.sequences.iter().enumerate() {
+        assert!(
+            model.auth.keys().any(|(_, seq)| usize::from(*seq) == i),
+            "no source ever completed sequence {} ({mode})",
+            s.name
+        );
+    }
+    assert_eq!(
+        h.counter(Counter::PassKnock),
+        served,
+        "the kernel's pass_knock counter and the model's passing knocks differ ({mode})"
     );
     assert_eq!(
         hid > 0,
