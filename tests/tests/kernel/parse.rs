@@ -17,6 +17,17 @@ fn fixture_table_for_a_source_that_never_knocked() {
         (Frame::udp(A, 53).build(), "UDP to an unrelated port", PASS),
         (Frame::other(A, 1).build(), "ICMP", PASS),
         (Frame::other(A6, 58).build(), "ICMPv6", PASS),
+        (
+            Frame::echo(A, 56).build(),
+            "an echo request (no ICMP knocks)",
+            PASS,
+        ),
+        (Frame::echo(A6, 56).build(), "an ICMPv6 echo request", PASS),
+        (
+            Frame::echo(A, 56).l4_bytes(3).build(),
+            "ICMP header cut short",
+            PASS,
+        ),
         (Frame::syn(A, 22).build(), "SYN to the protected port", DROP),
         (
             Frame::syn(A, 22).flags(ACK).build(),
