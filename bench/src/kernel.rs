@@ -36,6 +36,16 @@ fn paths() -> Vec<(&'static str, Frame)> {
             "established connection",
             Frame::syn("198.18.1.6", 22).sport(40001).flags(ACK),
         ),
+        ("echo request, not a knock", Frame::echo("198.18.1.7", 56)),
+        ("ICMP knock (no progress)", Frame::echo("198.18.1.7", 64)),
+        (
+            "passing knock, repeat of the step taken",
+            Frame::syn("198.18.1.8", 443),
+        ),
+        (
+            "ACK to a passing knock port",
+            Frame::syn("198.18.1.8", 443).flags(ACK),
+        ),
     ]
 }
 

@@ -93,6 +93,23 @@ pub fn live(md: &mut String, csv: &mut Csv) -> Vec<LiveRow> {
             to(Frame::udp("198.18.100.2", 8000)),
             1,
         ),
+        // A served port that is a passing knock: its connections' packets, and new
+        // visitors, each of whom takes a progress entry.
+        (
+            "ACKs to a passing knock port",
+            to(Frame::syn("198.18.100.2", 443).flags(ACK)),
+            0,
+        ),
+        (
+            "SYN flood at a passing knock port from random sources",
+            to(Frame::syn("198.18.100.2", 443)),
+            1,
+        ),
+        (
+            "ICMP-knock flood from random sources",
+            to(Frame::echo("198.18.100.2", 64)),
+            1,
+        ),
     ];
     let _ = writeln!(
         md,

@@ -23,6 +23,13 @@ knocks = ["6000/udp"]
 protect = ["2222/tcp"]
 open_for = "1h"
 
+# Passing and ICMP knocks: 443 serves, so its visitors feed the state machine.
+[[sequence]]
+name = "web"
+knocks = ["443/tcp:pass", "64/icmp", "6100/udp"]
+protect = ["2200/tcp"]
+open_for = "1h"
+
 [ban]
 failures = 0
 "#;
