@@ -83,6 +83,8 @@ counters! {
     SuppressedReset = 20 => "suppressed_reset",
     /// Completed one-time sequences refused: the line was used (a replay).
     OneTimeSpent = 21 => "one_time_spent",
-    /// To a passing knock port (`:pass`): tracked as a knock, then passed.
+    /// To a passing knock port (`:pass`), passed: tracked as a knock, or (any source's)
+    /// the rest of a connection to a port whose sequences count only SYNs. A listed
+    /// source's SYNs and datagrams there count as `pass_other`.
     PassKnock = 22 => "pass_knock",
 }
