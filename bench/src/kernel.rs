@@ -70,6 +70,8 @@ fn prepare(h: &mut Harness, n: u32) {
         h.state.authorize(&key, &auth).expect("prefill authorizations");
     }
     h.knock(&[Frame::syn("198.18.1.3", 7000)]);
+    // A passing knock passes; its repeats are the path measured.
+    h.run(&Frame::syn("198.18.1.8", 443).build());
     h.state
         .allow("198.18.1.6".parse().expect("addr"), 0, Duration::from_secs(3600))
         .expect("allow");

@@ -3,8 +3,9 @@
 //! sources really get authorized), with VLAN stacks, IPv4 options, IPv6 extension
 //! chains, fragments and odd TCP flags, ICMP and ICMPv6 echo requests (of the knocks'
 //! sizes, near them, of other types, over the other family), then a share of them
-//! truncated, padded, bit-flipped or given lying length fields. Ports no sequence uses get their share too: the
-//! public ones, the ephemeral range's edges and random others (what stealth hides).
+//! truncated, padded, bit-flipped or given lying length fields. Ports no sequence uses
+//! get their share too: the public ones, the ephemeral range's edges and random others
+//! (what stealth hides).
 
 use knock_common::{MAX_ICMP_KNOCK_SIZE, PROTO_ICMP};
 use rand::{RngExt as _, SeedableRng as _, rngs::SmallRng, seq::IndexedRandom as _};
@@ -98,7 +99,8 @@ impl Gen {
                     proto: self.pick(&[6, 17, 17]),
                 }
             }
-            // Echo requests one byte off a knock's size, or of ping's usual sizes.
+            // Echo requests one byte off a knock's size, of ping's usual sizes, or at and
+            // past the largest ICMP knock.
             90..94 => {
                 let size = match self.pick(&seq.knocks) {
                     k if k.proto == PROTO_ICMP && self.chance(0.7) => {

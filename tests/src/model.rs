@@ -429,11 +429,11 @@ impl Model {
         let protected = self.seqs.iter().any(|s| s.protect.contains(&port));
         let strict = opens && self.seqs.iter().any(|s| s.strict);
         let passes = self.passing(port);
-        // The rest of a connection to a served port, where every sequence counts only
-        // SYNs: it passes and changes nothing, whoever sends it.
+        // The rest of a connection to a served port whose sequences count only SYNs:
+        // it passes and changes nothing, whoever sends it.
         let syn_only = |s: &Sequence| s.tcp_flags_set & TCP_SYN != 0 && s.tcp_flags_clear & TCP_ACK != 0;
-        let serving = self.seqs.iter().filter(|s| s.passing.contains(&port));
-        if passes && port.proto == PROTO_TCP && !syn && serving.clone().all(syn_only) {
+        let mut serving = self.seqs.iter().filter(|s| s.passing.contains(&port));
+        if passes && port.proto == PROTO_TCP && !syn && serving.all(syn_only) {
             self.pass_knocks += 1;
             return PASS;
         }

@@ -154,7 +154,7 @@ fn a_passing_icmp_knock_gets_its_reply_and_udp_knocks_pass_too() {
 
 #[test]
 fn ordinary_visitors_advance_but_open_nothing_and_are_never_banned() {
-    let h = Harness::with_config(CONFIG);
+    let mut h = Harness::with_config(CONFIG);
     // A browser following http:// to https:// many times, and pinging the host.
     for _ in 0..5 {
         assert_eq!(h.send(&Frame::syn(B, 80)), PASS);
@@ -171,7 +171,6 @@ fn ordinary_visitors_advance_but_open_nothing_and_are_never_banned() {
     assert_eq!(h.send(&Frame::syn(A, 22)), DROP);
     // A wrong knock that does not pass still counts towards a ban: 443, 80, then
     // the echo out of order (after a reset to 443).
-    let mut h = h;
     h.events();
     h.send(&Frame::syn(A, 443));
     assert_eq!(h.send(&Frame::echo(A, 64)), DROP);
